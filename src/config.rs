@@ -1,0 +1,115 @@
+//! Node configuration: TOML file, overridden by `MESHSERVER_*` environment variables,
+//! overridden by command-line flags. README.md documents every key with its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+pub const DEFAULT_CLIENT_LISTEN: &str = "127.0.0.1:8008";
+
+/// Settings as they may appear in the config file, the environment or on the command line.
+/// Every field is optional so that the three sources can be layered.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Directory holding the signing key and the SQLite database.
+    #[arg(long, env = "MESHSERVER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address the Client-Server API listens on.
+    #[arg(long, env = "MESHSERVER_CLIENT_LISTEN")]
+    pub client_listen: Option<SocketAddr>,
+    /// Allow registration without a token (default: only when listening on loopback).
+    #[arg(long, env = "MESHSERVER_REGISTRATION_OPEN")]
+    pub registration_open: Option<bool>,
+    /// Token that lets a client register when registration is not open.
+    #[arg(long, env = "MESHSERVER_REGISTRATION_TOKEN")]
+    pub registration_token: Option<String>,
+    /// SQLite `synchronous` mode: `normal` (durable across process crashes) or `full`
+    /// (also across power loss, at the cost of an fsync per write).
+    #[arg(long, env = "MESHSERVER_SQLITE_SYNCHRONOUS")]
+    pub sqlite_synchronous: Option<String>,
+    /// Maximum request body size in bytes for the Client-Server API.
+    #[arg(long, env = "MESHSERVER_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+}
+
+impl Settings {
+    /// Fills every unset field from `other`.
+    fn or(self, other: Settings) -> Settings {
+        Settings {
+            data_dir: self.data_dir.or(other.data_dir),
+            client_listen: self.client_listen.or(other.client_listen),
+            registration_open: self.registration_open.or(other.registration_open),
+            registration_token: self.registration_token.or(other.registration_token),
+            sqlite_synchronous: self.sqlite_synchronous.or(other.sqlite_synchronous),
+            max_request_bytes: self.max_request_bytes.or(other.max_request_bytes),
+        }
+    }
+}
+
+/// The resolved configuration a node runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub client_listen: SocketAddr,
+    pub registration_open: bool,
+    pub registration_token: Option<String>,
+    pub sqlite_full_sync: bool,
+    pub max_request_bytes: usize,
+}
+
+impl Config {
+    /// Layers `cli` (flags and environment, as clap parsed them) over the TOML file.
+    pub fn resolve(cli: Settings, config_file: Option<&Path>) -> anyhow::Result<Config> {
+        let file = match config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?
+            }
+            None => Settings::default(),
+        };
+        Self::from_settings(cli.or(file))
+    }
+
+    pub fn from_settings(s: Settings) -> anyhow::Result<Config> {
+        let data_dir = match s.data_dir {
+            Some(d) => d,
+            None => default_data_dir()?,
+        };
+        let client_listen = s.client_listen.unwrap_or_else(|| {
+            DEFAULT_CLIENT_LISTEN.parse().expect("default listen address parses")
+        });
+        let sqlite_full_sync = match s.sqlite_synchronous.as_deref().unwrap_or("normal") {
+            "normal" => false,
+            "full" => true,
+            other => anyhow::bail!("sqlite_synchronous must be `normal` or `full`, not `{other}`"),
+        };
+        Ok(Config {
+            data_dir,
+            registration_open: s.registration_open.unwrap_or(client_listen.ip().is_loopback()),
+            client_listen,
+            registration_token: s.registration_token,
+            sqlite_full_sync,
+            max_request_bytes: s.max_request_bytes.unwrap_or(1024 * 1024),
+        })
+    }
+
+    /// A configuration for tests and embedding: the given data dir, an ephemeral loopback port.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Config {
+        Config::from_settings(Settings {
+            data_dir: Some(data_dir.into()),
+            client_listen: Some("127.0.0.1:0".parse().expect("literal address")),
+            ..Settings::default()
+        })
+        .expect("defaults are valid")
+    }
+}
+
+/// `~/.local/share/meshserver` on Linux (the platform's data dir elsewhere).
+pub fn default_data_dir() -> anyhow::Result<PathBuf> {
+    let base = dirs::data_dir().context("no platform data directory; pass --data-dir")?;
+    Ok(base.join("meshserver"))
+}

@@ -1,0 +1,19 @@
+//! meshserver: a Matrix homeserver small enough to run on every device.
+//!
+//! Data flows one way: client (or, later, peer) → validation → room state machine
+//! ([`room`]) → storage ([`storage`]) → notifier ([`notifier`]) → `/sync`.
+//! ARCHITECTURE.md draws the map.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod node;
+pub mod notifier;
+pub mod pdu;
+pub mod room;
+pub mod services;
+pub mod storage;
+
+pub use error::{Error, Result};

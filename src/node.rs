@@ -1,0 +1,85 @@
+//! Starting and stopping a node: open the data dir, wire the services, serve the
+//! Client-Server API. Tests start nodes in-process through the same path as `meshserver run`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api;
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::notifier::Notifier;
+use crate::services::{AppState, Services};
+use crate::storage::Db;
+
+pub struct Node {
+    pub services: AppState,
+    pub client_addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+/// Opens the data dir (creating key and database on first start) without serving.
+pub fn open_services(config: Config) -> anyhow::Result<Services> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let identity = Identity::load_or_create(&config.data_dir)?;
+    let db = Db::open(&config.data_dir, config.sqlite_full_sync, Notifier::default())?;
+    Ok(Services {
+        typing: api::ephemeral::Typing::new(db.notifier().clone()),
+        rate_limiter: api::ratelimit::RateLimiter::default(),
+        config,
+        identity,
+        db,
+        started: Instant::now(),
+    })
+}
+
+impl Node {
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        let listen = config.client_listen;
+        let services = Arc::new(open_services(config)?);
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding client API on {listen}"))?;
+        let client_addr = listener.local_addr()?;
+        let app = api::router(services.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "client API server failed");
+            }
+        });
+        tracing::info!(server_name = %services.server_name(), %client_addr, "node started");
+        Ok(Node { services, client_addr, shutdown: Some(tx), task })
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://{}", self.client_addr)
+    }
+
+    /// Stops serving: in-flight requests get a second to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        // Long-polls may hold the graceful shutdown for their whole timeout; cut them off.
+        if tokio::time::timeout(std::time::Duration::from_secs(1), &mut self.task).await.is_err() {
+            self.task.abort();
+            let _ = (&mut self.task).await;
+        }
+    }
+
+    /// Runs until the task ends (Ctrl-C handling is the caller's).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}

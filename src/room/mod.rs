@@ -1,0 +1,313 @@
+//! The room state machine: every event that enters the store passes through here.
+//!
+//! build → hash and sign → authorise against auth events and current state → compute the
+//! state after it → store (one transaction) → notify (after commit, via storage).
+//! Remote events (the peer issue) enter at [`persist`] after verification and
+//! authorisation, so the stored form is the same whatever its origin.
+
+pub mod create;
+pub mod resolve;
+
+use ruma::canonical_json::{CanonicalJsonObject, CanonicalJsonValue};
+use ruma::events::{StateEventType, TimelineEventType};
+use ruma::room_version_rules::RoomVersionRules;
+use ruma::state_res;
+use ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, RoomVersionId, UserId};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+use crate::identity::Identity;
+use crate::pdu::{MAX_PDU_BYTES, Pdu, event_id_of};
+use crate::storage::WriteTx;
+use crate::storage::events::{forward_extremities, get_pdu, max_depth};
+use crate::storage::state::{add_to_group, current_state_id, upsert_current};
+use crate::{Error, Result};
+
+/// Room versions this node creates and joins.
+pub const SUPPORTED_VERSIONS: &[&str] = &["10", "11", "12"];
+pub const DEFAULT_VERSION: RoomVersionId = RoomVersionId::V12;
+
+/// What a local user asks to send.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: String,
+    pub state_key: Option<String>,
+    pub content: Value,
+    pub redacts: Option<String>,
+}
+
+impl NewEvent {
+    pub fn state(kind: &str, state_key: &str, content: Value) -> Self {
+        Self { kind: kind.into(), state_key: Some(state_key.into()), content, redacts: None }
+    }
+    pub fn message(kind: &str, content: Value) -> Self {
+        Self { kind: kind.into(), state_key: None, content, redacts: None }
+    }
+}
+
+/// The device and transaction a local event came from, so that device's /sync shows
+/// `unsigned.transaction_id`.
+#[derive(Debug, Clone)]
+pub struct Txn {
+    pub user: String,
+    pub device: String,
+    pub txn_id: String,
+}
+
+pub fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
+    if !SUPPORTED_VERSIONS.contains(&version.as_str()) {
+        return Err(Error::unsupported_room_version(format!("room version {version} is not supported")));
+    }
+    version.rules().ok_or_else(|| Error::unsupported_room_version("unknown room version"))
+}
+
+/// The version of a room the node knows, or `M_NOT_FOUND`.
+pub fn room_version(conn: &Connection, room_id: &str) -> Result<RoomVersionId> {
+    let v: Option<String> = conn
+        .prepare_cached("SELECT room_version FROM rooms WHERE room_id = ?1")?
+        .query_row([room_id], |r| r.get(0))
+        .optional()?;
+    let v = v.ok_or_else(|| Error::not_found("Unknown room"))?;
+    RoomVersionId::try_from(v.as_str()).map_err(|_| Error::internal("bad stored room version"))
+}
+
+/// Builds, signs, authorises and stores a local event on top of the room's current state
+/// and forward extremities. Returns the stored PDU.
+pub fn append_local(
+    tx: &mut WriteTx<'_>,
+    identity: &Identity,
+    room_id: &RoomId,
+    sender: &UserId,
+    ev: NewEvent,
+    txn: Option<Txn>,
+) -> Result<Pdu> {
+    let version = room_version(tx, room_id.as_str())?;
+    let rules = rules_for(&version)?;
+    let prev_events = forward_extremities(tx, room_id.as_str())?;
+    let depth = max_depth(tx, &prev_events)?.saturating_add(1).min(i64::MAX as u64);
+    let content_raw = serde_json::value::to_raw_value(&ev.content)?;
+    let kind = TimelineEventType::from(ev.kind.as_str());
+    let auth_types = state_res::auth_types_for_event(
+        &kind,
+        sender,
+        ev.state_key.as_deref(),
+        &content_raw,
+        &rules.authorization,
+    )
+    .map_err(Error::bad_json)?;
+    let mut auth_events = Vec::new();
+    for (t, k) in &auth_types {
+        if let Some(id) = current_state_id(tx, room_id.as_str(), &t.to_string(), k)? {
+            auth_events.push(id);
+        }
+    }
+    let mut content = ev.content;
+    let redacts_in_content = rules.redaction.keep_room_redaction_redacts;
+    if let (Some(r), Some(obj)) = (&ev.redacts, content.as_object_mut()) {
+        // v11 moved `redacts` from the top level into the content.
+        if redacts_in_content {
+            obj.insert("redacts".into(), r.clone().into());
+        } else {
+            obj.remove("redacts");
+        }
+    }
+    let mut obj = serde_json::Map::new();
+    obj.insert("auth_events".into(), auth_events.into());
+    obj.insert("content".into(), content);
+    obj.insert("depth".into(), depth.into());
+    obj.insert("origin_server_ts".into(), u64::from(MilliSecondsSinceUnixEpoch::now().get()).into());
+    obj.insert("prev_events".into(), prev_events.into());
+    obj.insert("room_id".into(), room_id.as_str().into());
+    obj.insert("sender".into(), sender.as_str().into());
+    obj.insert("type".into(), ev.kind.clone().into());
+    if let Some(sk) = &ev.state_key {
+        obj.insert("state_key".into(), sk.clone().into());
+    }
+    if let (Some(r), false) = (&ev.redacts, redacts_in_content) {
+        obj.insert("redacts".into(), r.clone().into());
+    }
+    let pdu = sign(identity, &rules, Value::Object(obj))?;
+    authorize(tx, &rules, &pdu)?;
+    let before = current_group(tx, room_id.as_str())?;
+    persist(tx, identity, &rules, &pdu, before, false, txn)?;
+    Ok(pdu)
+}
+
+/// Hashes and signs an unsigned PDU and derives its event ID.
+pub fn sign(identity: &Identity, rules: &RoomVersionRules, pdu: Value) -> Result<Pdu> {
+    let mut object: CanonicalJsonObject = match ruma::canonical_json::to_canonical_value(pdu) {
+        Ok(CanonicalJsonValue::Object(o)) => o,
+        Ok(_) => return Err(Error::bad_json("event must be an object")),
+        Err(e) => return Err(Error::bad_json(format!("not canonical JSON: {e}"))),
+    };
+    ruma::signatures::hash_and_sign_event(
+        identity.server_name().as_str(),
+        identity,
+        &mut object,
+        &rules.redaction,
+    )
+    .map_err(|e| match e {
+        ruma::signatures::JsonError::PduTooLarge => Error::too_large("event is over 65536 bytes"),
+        e => Error::bad_json(e.to_string()),
+    })?;
+    let size = serde_json::to_vec(&object)?.len();
+    if size > MAX_PDU_BYTES {
+        return Err(Error::too_large(format!("event is {size} bytes, over the limit of {MAX_PDU_BYTES}")));
+    }
+    let event_id = event_id_of(&object, rules).map_err(Error::internal)?;
+    Pdu::from_json(event_id, object).map_err(Error::bad_json)
+}
+
+/// Runs the room version's authorisation rules: against the event's auth events, then
+/// against the current state of the room.
+pub fn authorize(conn: &Connection, rules: &RoomVersionRules, pdu: &Pdu) -> Result<()> {
+    let room = pdu.room.as_str();
+    state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id| get_pdu(conn, id.as_str()))
+        .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))?;
+    state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |t: &StateEventType, k: &str| {
+        current_state_id(conn, room, &t.to_string(), k).ok().flatten().and_then(|id| get_pdu(conn, &id))
+    })
+    .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))
+}
+
+pub fn current_group(conn: &Connection, room_id: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT current_state_group FROM rooms WHERE room_id = ?1")?
+        .query_row([room_id], |r| r.get(0))
+        .optional()?
+        .flatten())
+}
+
+/// Stores an authorised event whose state before it is `before`, advancing the forward
+/// extremities. For an event built on the current state (every local event), the current
+/// state follows it. Returns the state group after the event.
+pub fn persist(
+    tx: &mut WriteTx<'_>,
+    identity: &Identity,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    before: Option<i64>,
+    soft_failed: bool,
+    txn: Option<Txn>,
+) -> Result<i64> {
+    let room = pdu.room.as_str();
+    let event_id = pdu.event_id.as_str();
+    let kind = pdu.kind.to_string();
+    let after = match &pdu.state_key {
+        Some(sk) if !soft_failed => add_to_group(tx, room, before, (&kind, sk), event_id)?,
+        _ => match before {
+            Some(b) => b,
+            None => return Err(Error::internal("non-state event without prior state")),
+        },
+    };
+    let stream = tx.next_stream_id()?;
+    let content = pdu.content_value();
+    let relates = content.get("m.relates_to");
+    let relates_to = relates.and_then(|r| r.get("event_id")).and_then(Value::as_str);
+    let rel_type = relates.and_then(|r| r.get("rel_type")).and_then(Value::as_str);
+    let json = serde_json::to_string(&pdu.json)?;
+    let (tu, td, tt) = match &txn {
+        Some(t) => (Some(t.user.as_str()), Some(t.device.as_str()), Some(t.txn_id.as_str())),
+        None => (None, None, None),
+    };
+    tx.prepare_cached(
+        "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth, \
+         origin_server_ts, json, state_group, soft_failed, relates_to, rel_type, txn_user, txn_device, txn_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?
+    .execute(params![
+        stream,
+        event_id,
+        room,
+        kind,
+        pdu.state_key,
+        pdu.sender.as_str(),
+        pdu.depth as i64,
+        u64::from(pdu.origin_server_ts.get()) as i64,
+        json,
+        after,
+        soft_failed,
+        relates_to,
+        rel_type,
+        tu,
+        td,
+        tt
+    ])?;
+    for prev in &pdu.prev_events {
+        tx.prepare_cached("INSERT OR IGNORE INTO event_edges (event_id, prev_event_id) VALUES (?1, ?2)")?
+            .execute(params![event_id, prev.as_str()])?;
+    }
+    for auth in &pdu.auth_events {
+        tx.prepare_cached("INSERT OR IGNORE INTO event_auth (event_id, auth_event_id) VALUES (?1, ?2)")?
+            .execute(params![event_id, auth.as_str()])?;
+    }
+    if soft_failed {
+        return Ok(after);
+    }
+    for prev in &pdu.prev_events {
+        tx.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2")?
+            .execute(params![room, prev.as_str()])?;
+    }
+    tx.prepare_cached("INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)")?
+        .execute(params![room, event_id])?;
+    if let Some(sk) = &pdu.state_key {
+        upsert_current(tx, room, &kind, sk, event_id)?;
+        tx.prepare_cached("UPDATE rooms SET current_state_group = ?2 WHERE room_id = ?1")?
+            .execute(params![room, after])?;
+        if kind == "m.room.member" {
+            record_local_membership(tx, identity, pdu, sk, &content, stream)?;
+        }
+    }
+    if pdu.kind == TimelineEventType::RoomRedaction
+        && let Some(target) = &pdu.redacts
+    {
+        apply_redaction(tx, rules, pdu, target)?;
+    }
+    Ok(after)
+}
+
+fn record_local_membership(
+    conn: &Connection,
+    identity: &Identity,
+    pdu: &Pdu,
+    state_key: &str,
+    content: &Value,
+    stream: i64,
+) -> Result<()> {
+    let Ok(user) = UserId::parse(state_key) else { return Ok(()) };
+    if user.server_name() != identity.server_name() {
+        return Ok(());
+    }
+    let membership = content.get("membership").and_then(Value::as_str).unwrap_or("leave");
+    conn.prepare_cached(
+        "INSERT INTO local_membership (user_id, room_id, membership, event_id, stream_ordering, forgotten) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 0) ON CONFLICT (user_id, room_id) DO UPDATE SET \
+         membership = excluded.membership, event_id = excluded.event_id, \
+         stream_ordering = excluded.stream_ordering, forgotten = 0",
+    )?
+    .execute(params![state_key, pdu.room.as_str(), membership, pdu.event_id.as_str(), stream])?;
+    Ok(())
+}
+
+/// Redacts `target` in place when the redaction's sender may: the original sender, or
+/// anyone with the room's `redact` power level. The signed PDU keeps verifying: signatures
+/// cover only the redacted form.
+fn apply_redaction(tx: &Connection, rules: &RoomVersionRules, redaction: &Pdu, target: &OwnedEventId) -> Result<()> {
+    let Some(original) = get_pdu(tx, target.as_str()) else { return Ok(()) };
+    if original.room != redaction.room {
+        return Ok(());
+    }
+    if original.sender != redaction.sender {
+        let power = crate::room::create::power_of(tx, redaction.room.as_str(), &redaction.sender)?;
+        let needed = crate::room::create::power_needed(tx, redaction.room.as_str(), "redact")?;
+        if power < needed {
+            return Ok(());
+        }
+    }
+    let because = ruma::canonical_json::RedactedBecause::from_json(redaction.json.clone());
+    let redacted = ruma::canonical_json::redact(original.json, &rules.redaction, Some(because))
+        .map_err(|e| Error::internal(e.to_string()))?;
+    tx.prepare_cached("UPDATE events SET json = ?2, redacted_by = ?3 WHERE event_id = ?1")?
+        .execute(params![target.as_str(), serde_json::to_string(&redacted)?, redaction.event_id.as_str()])?;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! State resolution v2 (via ruma) over the states after an event's prev_events: the state
+//! before an event whose parents disagree, and the current state over several forward
+//! extremities.
+
+use std::collections::{HashMap, HashSet};
+
+use ruma::OwnedEventId;
+use ruma::events::StateEventType;
+use ruma::room_version_rules::{RoomVersionRules, StateResolutionVersion};
+use ruma::state_res::{self, StateMap, utils::event_id_set::EventIdSet};
+use rusqlite::Connection;
+
+use crate::storage::events::{get_pdu, state_group_of};
+use crate::storage::state::{StateIds, load_group};
+use crate::{Error, Result};
+
+/// Resolves the states after `events` (each must be stored). Returns the group to use as
+/// a delta base (when every input shares it) and the resolved state.
+pub fn resolve_after(
+    conn: &Connection,
+    rules: &RoomVersionRules,
+    events: &[OwnedEventId],
+) -> Result<(Option<i64>, StateIds)> {
+    let mut groups = Vec::new();
+    for id in events {
+        let g = state_group_of(conn, id.as_str())?
+            .ok_or_else(|| Error::internal(format!("state of {id} is unknown")))?;
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    match groups.as_slice() {
+        [] => Ok((None, StateIds::new())),
+        [one] => Ok((Some(*one), load_group(conn, *one)?)),
+        _ => {
+            let states = groups.iter().map(|g| load_group(conn, *g)).collect::<Result<Vec<_>>>()?;
+            let resolved = resolve(conn, rules, &states)?;
+            Ok((Some(groups[0]), resolved))
+        }
+    }
+}
+
+/// Runs state resolution v2 over several states of one room.
+pub fn resolve(conn: &Connection, rules: &RoomVersionRules, states: &[StateIds]) -> Result<StateIds> {
+    let StateResolutionVersion::V2(res_rules) = &rules.state_res else {
+        return Err(Error::internal("room version does not use state resolution v2"));
+    };
+    let maps: Vec<StateMap<OwnedEventId>> = states
+        .iter()
+        .map(|s| {
+            s.iter()
+                .filter_map(|((t, k), e)| {
+                    Some(((StateEventType::from(t.as_str()), k.clone()), OwnedEventId::try_from(e.as_str()).ok()?))
+                })
+                .collect()
+        })
+        .collect();
+    let auth_chains = maps
+        .iter()
+        .map(|m| auth_chain(conn, m.values().cloned()))
+        .collect::<Vec<_>>();
+    let fetch = |id: &ruma::EventId| get_pdu(conn, id.as_str());
+    let resolved = state_res::resolve(
+        &rules.authorization,
+        res_rules,
+        maps.iter(),
+        auth_chains,
+        fetch,
+        |conflicted| Some(conflicted_subgraph(conn, conflicted)),
+    )
+    .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
+    Ok(resolved.into_iter().map(|((t, k), e)| ((t.to_string(), k), e.to_string())).collect())
+}
+
+/// The full auth chain of `start` (excluding the start events themselves).
+pub fn auth_chain(conn: &Connection, start: impl IntoIterator<Item = OwnedEventId>) -> EventIdSet<OwnedEventId> {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<OwnedEventId> = start.into_iter().collect();
+    let mut out = EventIdSet::new();
+    while let Some(id) = stack.pop() {
+        let Some(pdu) = get_pdu(conn, id.as_str()) else { continue };
+        for a in pdu.auth_events {
+            if seen.insert(a.clone()) {
+                out.insert(a.clone());
+                stack.push(a);
+            }
+        }
+    }
+    out
+}
+
+/// The conflicted state subgraph (room v12): events on an auth-event path from one
+/// conflicted event to another, both ends included.
+fn conflicted_subgraph(conn: &Connection, conflicted: &StateMap<Vec<OwnedEventId>>) -> EventIdSet<OwnedEventId> {
+    let targets: HashSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
+    // reaches[x]: x is conflicted or one of its auth events reaches a conflicted event.
+    let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
+    fn visit(
+        conn: &Connection,
+        id: &OwnedEventId,
+        targets: &HashSet<OwnedEventId>,
+        reaches: &mut HashMap<OwnedEventId, bool>,
+    ) -> bool {
+        if let Some(r) = reaches.get(id) {
+            return *r;
+        }
+        reaches.insert(id.clone(), false); // the auth DAG has no cycles; this guards bad data
+        let mut r = false;
+        if let Some(pdu) = get_pdu(conn, id.as_str()) {
+            for a in &pdu.auth_events {
+                r |= visit(conn, a, targets, reaches);
+            }
+        }
+        let r = r || targets.contains(id);
+        reaches.insert(id.clone(), r);
+        r
+    }
+    for t in &targets {
+        visit(conn, t, &targets, &mut reaches);
+    }
+    reaches.into_iter().filter(|(_, r)| *r).map(|(id, _)| id).collect()
+}

@@ -1,0 +1,27 @@
+//! The services a running node passes to every handler (axum `State`): no globals.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::api::ephemeral::Typing;
+use crate::api::ratelimit::RateLimiter;
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::storage::Db;
+
+pub struct Services {
+    pub config: Config,
+    pub identity: Identity,
+    pub db: Db,
+    pub typing: Typing,
+    pub rate_limiter: RateLimiter,
+    pub started: Instant,
+}
+
+pub type AppState = Arc<Services>;
+
+impl Services {
+    pub fn server_name(&self) -> &ruma::ServerName {
+        self.identity.server_name()
+    }
+}

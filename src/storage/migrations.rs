@@ -1,0 +1,207 @@
+//! Versioned schema migrations, applied in order inside one transaction each.
+//! `PRAGMA user_version` records how many have run. Never edit a released migration:
+//! append a new one.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
+INSERT INTO meta (key, value) VALUES ('stream_pos', 0);
+
+CREATE TABLE users (
+    user_id TEXT PRIMARY KEY,
+    password_hash TEXT,
+    displayname TEXT,
+    avatar_url TEXT,
+    created_ts INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE devices (
+    user_id TEXT NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+    device_id TEXT NOT NULL,
+    display_name TEXT,
+    last_seen_ts INTEGER,
+    last_seen_ip TEXT,
+    PRIMARY KEY (user_id, device_id)
+) STRICT;
+
+-- Tokens are stored as blake3 hashes: a copied database does not leak live sessions.
+CREATE TABLE access_tokens (
+    token_hash BLOB PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    FOREIGN KEY (user_id, device_id) REFERENCES devices(user_id, device_id) ON DELETE CASCADE
+) STRICT;
+
+CREATE TABLE rooms (
+    room_id TEXT PRIMARY KEY,
+    room_version TEXT NOT NULL,
+    -- State group holding the resolved state at the forward extremities.
+    current_state_group INTEGER,
+    published INTEGER NOT NULL DEFAULT 0
+) STRICT;
+
+-- Every PDU the node holds. `json` is the signed PDU exactly as hashed (redacted in place
+-- once a redaction applies). `stream_ordering` is the global order /sync follows.
+CREATE TABLE events (
+    stream_ordering INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    room_id TEXT NOT NULL REFERENCES rooms(room_id),
+    type TEXT NOT NULL,
+    state_key TEXT,
+    sender TEXT NOT NULL,
+    depth INTEGER NOT NULL,
+    origin_server_ts INTEGER NOT NULL,
+    json TEXT NOT NULL,
+    -- State after this event (state before it, for a non-state event).
+    state_group INTEGER NOT NULL,
+    soft_failed INTEGER NOT NULL DEFAULT 0,
+    redacted_by TEXT,
+    -- m.relates_to, for /relations and threads.
+    relates_to TEXT,
+    rel_type TEXT,
+    -- Which local device sent it, so its sync sees `transaction_id`.
+    txn_user TEXT,
+    txn_device TEXT,
+    txn_id TEXT
+) STRICT;
+CREATE INDEX events_room_stream ON events(room_id, stream_ordering);
+CREATE INDEX events_relates ON events(relates_to, rel_type);
+
+CREATE TABLE event_edges (
+    event_id TEXT NOT NULL,
+    prev_event_id TEXT NOT NULL,
+    PRIMARY KEY (event_id, prev_event_id)
+) STRICT;
+
+CREATE TABLE event_auth (
+    event_id TEXT NOT NULL,
+    auth_event_id TEXT NOT NULL,
+    PRIMARY KEY (event_id, auth_event_id)
+) STRICT;
+
+CREATE TABLE forward_extremities (
+    room_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (room_id, event_id)
+) STRICT;
+
+-- State snapshots that share structure: a group is either full (prev_group NULL) or a
+-- delta over prev_group. `chain_len` bounds how many deltas a lookup walks.
+CREATE TABLE state_groups (
+    id INTEGER PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    prev_group INTEGER REFERENCES state_groups(id),
+    chain_len INTEGER NOT NULL
+) STRICT;
+CREATE TABLE state_group_entries (
+    state_group INTEGER NOT NULL REFERENCES state_groups(id),
+    type TEXT NOT NULL,
+    state_key TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (state_group, type, state_key)
+) STRICT;
+
+-- Current state, materialised from rooms.current_state_group for fast lookups.
+CREATE TABLE current_state (
+    room_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    state_key TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    -- For m.room.member: the membership, to list members and rooms cheaply.
+    membership TEXT,
+    PRIMARY KEY (room_id, type, state_key)
+) STRICT;
+CREATE INDEX current_state_member ON current_state(type, state_key, membership);
+
+-- Membership history of local users, for /sync (joins, invites, leaves) and forget.
+CREATE TABLE local_membership (
+    user_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    membership TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    stream_ordering INTEGER NOT NULL,
+    forgotten INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, room_id)
+) STRICT;
+
+CREATE TABLE txn_ids (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    txn_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    result TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id, kind, txn_id)
+) STRICT;
+
+CREATE TABLE room_aliases (
+    alias TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    creator TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE filters (
+    user_id TEXT NOT NULL,
+    filter_id INTEGER NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, filter_id)
+) STRICT;
+
+-- room_id is '' for global account data.
+CREATE TABLE account_data (
+    user_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    content TEXT NOT NULL,
+    stream_id INTEGER NOT NULL,
+    PRIMARY KEY (user_id, room_id, type)
+) STRICT;
+CREATE INDEX account_data_stream ON account_data(user_id, stream_id);
+
+CREATE TABLE receipts (
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    receipt_type TEXT NOT NULL,
+    thread_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    stream_id INTEGER NOT NULL,
+    PRIMARY KEY (room_id, user_id, receipt_type, thread_id)
+) STRICT;
+CREATE INDEX receipts_stream ON receipts(room_id, stream_id);
+
+CREATE TABLE presence (
+    user_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    status_msg TEXT,
+    last_active_ts INTEGER NOT NULL,
+    stream_id INTEGER NOT NULL
+) STRICT;
+"#,
+];
+
+/// Brings the schema up to date.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_apply_twice_without_error() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        super::migrate(&mut conn).unwrap();
+        super::migrate(&mut conn).unwrap();
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v as usize, super::MIGRATIONS.len());
+    }
+}

@@ -1,0 +1,6 @@
+//! Client-Server API tests: real nodes in-process on 127.0.0.1:0, temporary data dirs,
+//! real HTTP. One binary, one module per endpoint group.
+
+mod common;
+
+mod account;
