@@ -80,7 +80,9 @@ impl Config {
             None => default_data_dir()?,
         };
         let client_listen = s.client_listen.unwrap_or_else(|| {
-            DEFAULT_CLIENT_LISTEN.parse().expect("default listen address parses")
+            DEFAULT_CLIENT_LISTEN
+                .parse()
+                .expect("default listen address parses")
         });
         let sqlite_full_sync = match s.sqlite_synchronous.as_deref().unwrap_or("normal") {
             "normal" => false,

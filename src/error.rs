@@ -20,7 +20,12 @@ pub struct Error {
 
 impl Error {
     pub fn new(status: StatusCode, errcode: &'static str, message: impl Into<String>) -> Self {
-        Self { status, errcode, message: message.into(), extra: None }
+        Self {
+            status,
+            errcode,
+            message: message.into(),
+            extra: None,
+        }
     }
     pub fn with_extra(mut self, extra: serde_json::Map<String, Value>) -> Self {
         self.extra = Some(extra);
@@ -45,13 +50,21 @@ impl Error {
         Self::new(StatusCode::BAD_REQUEST, "M_MISSING_PARAM", m)
     }
     pub fn missing_token() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN", "Missing access token")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "M_MISSING_TOKEN",
+            "Missing access token",
+        )
     }
     pub fn unknown_token() -> Self {
         let mut extra = serde_json::Map::new();
         extra.insert("soft_logout".into(), Value::Bool(false));
-        Self::new(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "Unknown access token")
-            .with_extra(extra)
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "M_UNKNOWN_TOKEN",
+            "Unknown access token",
+        )
+        .with_extra(extra)
     }
     pub fn user_in_use() -> Self {
         Self::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "User ID already taken")
@@ -69,7 +82,11 @@ impl Error {
         Self::new(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "Unrecognized request")
     }
     pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED", "Method not allowed")
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "M_UNRECOGNIZED",
+            "Method not allowed",
+        )
     }
     pub fn unsupported_room_version(m: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION", m)
@@ -77,8 +94,12 @@ impl Error {
     pub fn limit_exceeded(retry_after_ms: u64) -> Self {
         let mut extra = serde_json::Map::new();
         extra.insert("retry_after_ms".into(), json!(retry_after_ms));
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED", "Too many requests")
-            .with_extra(extra)
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "M_LIMIT_EXCEEDED",
+            "Too many requests",
+        )
+        .with_extra(extra)
     }
     pub fn internal(m: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", m)

@@ -11,8 +11,8 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
-use ruma::signatures::{KeyPair, PublicKeyMap, PublicKeySet, Signature};
 use ruma::serde::Base64;
+use ruma::signatures::{KeyPair, PublicKeyMap, PublicKeySet, Signature};
 use ruma::{OwnedServerName, ServerName, SigningKeyAlgorithm, SigningKeyId};
 
 pub const KEY_FILE: &str = "signing.key";
@@ -29,15 +29,19 @@ impl Identity {
     pub fn from_seed(seed: [u8; 32], version: impl Into<String>) -> Self {
         let key = SigningKey::from_bytes(&seed);
         let server_name = server_name_for(&key.verifying_key());
-        Self { key, version: version.into(), server_name }
+        Self {
+            key,
+            version: version.into(),
+            server_name,
+        }
     }
 
     /// Loads `signing.key` from `data_dir`, creating it (mode 0600) on first start.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
         let path = data_dir.join(KEY_FILE);
         if path.exists() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
             return Self::parse(&text).with_context(|| format!("parsing {}", path.display()));
         }
         let mut seed = [0u8; 32];
@@ -53,8 +57,7 @@ impl Identity {
     /// Parses `ed25519 <version> <base64 seed>`.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let mut parts = text.split_whitespace();
-        let (Some(alg), Some(version), Some(seed_b64)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(alg), Some(version), Some(seed_b64)) = (parts.next(), parts.next(), parts.next()) else {
             bail!("expected `ed25519 <key_id> <base64 seed>`");
         };
         if alg != "ed25519" {
@@ -63,12 +66,18 @@ impl Identity {
         let seed = base64::engine::general_purpose::STANDARD_NO_PAD
             .decode(seed_b64.trim_end_matches('='))
             .context("seed is not base64")?;
-        let seed: [u8; 32] = seed.try_into().map_err(|_| anyhow::anyhow!("seed is not 32 bytes"))?;
+        let seed: [u8; 32] = seed
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("seed is not 32 bytes"))?;
         Ok(Self::from_seed(seed, version))
     }
 
     pub fn to_file_format(&self) -> String {
-        format!("ed25519 {} {}\n", self.version, STANDARD_NO_PAD.encode(self.key.to_bytes()))
+        format!(
+            "ed25519 {} {}\n",
+            self.version,
+            STANDARD_NO_PAD.encode(self.key.to_bytes())
+        )
     }
 
     pub fn server_name(&self) -> &ServerName {
@@ -116,12 +125,12 @@ pub fn public_key_of(server_name: &ServerName) -> Option<VerifyingKey> {
 /// Builds the key map `ruma::signatures::verify_event` needs for `servers`, taking each
 /// server's key from its name. Every `ed25519:*` key ID a server used maps to that one key:
 /// the key ID is only a label, the name is the authority.
-pub fn key_map_for<'a>(
-    servers: impl IntoIterator<Item = (&'a ServerName, Vec<String>)>,
-) -> PublicKeyMap {
+pub fn key_map_for<'a>(servers: impl IntoIterator<Item = (&'a ServerName, Vec<String>)>) -> PublicKeyMap {
     let mut map = PublicKeyMap::new();
     for (server, key_ids) in servers {
-        let Some(key) = public_key_of(server) else { continue };
+        let Some(key) = public_key_of(server) else {
+            continue;
+        };
         let mut set = PublicKeySet::new();
         for key_id in key_ids.into_iter().filter(|k| k.starts_with("ed25519:")) {
             set.insert(key_id, Base64::new(key.as_bytes().to_vec()));
@@ -139,7 +148,9 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(contents)?;
     f.sync_all()?;
     Ok(())

@@ -70,12 +70,24 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Run { settings, config } => run(Config::resolve(settings, config.as_deref())?).await,
-            Command::Info { settings, config, json } => {
-                meshserver::cli::info(Config::resolve(settings, config.as_deref())?, json)
-            }
-            Command::User { command: UserCommand::Add { name, password_file, settings, config } } => {
+            Command::Info {
+                settings,
+                config,
+                json,
+            } => meshserver::cli::info(Config::resolve(settings, config.as_deref())?, json),
+            Command::User {
+                command:
+                    UserCommand::Add {
+                        name,
+                        password_file,
+                        settings,
+                        config,
+                    },
+            } => {
                 let password = match password_file {
-                    Some(f) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
+                    Some(f) => {
+                        std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?
+                    }
                     None => {
                         let mut line = String::new();
                         std::io::stdin().read_line(&mut line)?;
@@ -83,7 +95,8 @@ fn main() -> anyhow::Result<()> {
                     }
                 };
                 let password = password.lines().next().unwrap_or("").to_owned();
-                meshserver::cli::user_add(Config::resolve(settings, config.as_deref())?, &name, password).await
+                meshserver::cli::user_add(Config::resolve(settings, config.as_deref())?, &name, password)
+                    .await
             }
         }
     })
@@ -91,7 +104,11 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let node = Node::start(config).await?;
-    println!("meshserver {} listening on {}", node.services.server_name(), node.client_url());
+    println!(
+        "meshserver {} listening on {}",
+        node.services.server_name(),
+        node.client_url()
+    );
     tokio::signal::ctrl_c().await?;
     tracing::info!("shutting down");
     node.stop().await;

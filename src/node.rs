@@ -59,7 +59,12 @@ impl Node {
             }
         });
         tracing::info!(server_name = %services.server_name(), %client_addr, "node started");
-        Ok(Node { services, client_addr, shutdown: Some(tx), task })
+        Ok(Node {
+            services,
+            client_addr,
+            shutdown: Some(tx),
+            task,
+        })
     }
 
     pub fn client_url(&self) -> String {
@@ -72,7 +77,10 @@ impl Node {
             let _ = tx.send(());
         }
         // Long-polls may hold the graceful shutdown for their whole timeout; cut them off.
-        if tokio::time::timeout(std::time::Duration::from_secs(1), &mut self.task).await.is_err() {
+        if tokio::time::timeout(std::time::Duration::from_secs(1), &mut self.task)
+            .await
+            .is_err()
+        {
             self.task.abort();
             let _ = (&mut self.task).await;
         }

@@ -20,7 +20,9 @@ pub struct Notifier {
 
 impl Default for Notifier {
     fn default() -> Self {
-        Self { tx: Arc::new(watch::channel(Position::default()).0) }
+        Self {
+            tx: Arc::new(watch::channel(Position::default()).0),
+        }
     }
 }
 

@@ -5,8 +5,7 @@ use ruma::canonical_json::{CanonicalJsonObject, CanonicalJsonValue};
 use ruma::events::TimelineEventType;
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::{
-    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt,
-    UserId,
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
 };
 use serde_json::value::RawValue as RawJsonValue;
 use serde_json::{Value, json};
@@ -174,7 +173,10 @@ impl Pdu {
         };
         u.extend(unsigned);
         let now = MilliSecondsSinceUnixEpoch::now().get();
-        u.insert("age".into(), json!(u64::from(now).saturating_sub(u64::from(self.origin_server_ts.get()))));
+        u.insert(
+            "age".into(),
+            json!(u64::from(now).saturating_sub(u64::from(self.origin_server_ts.get()))),
+        );
         obj.insert("unsigned".into(), Value::Object(u));
         ev
     }

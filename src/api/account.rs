@@ -25,7 +25,11 @@ pub fn add(r: Router<AppState>) -> Router<AppState> {
     let r = client(r, "/account/password", post(change_password));
     let r = client(r, "/devices", get(list_devices));
     let r = client(r, "/delete_devices", post(delete_devices));
-    client(r, "/devices/{device_id}", get(get_device).put(update_device).delete(delete_device))
+    client(
+        r,
+        "/devices/{device_id}",
+        get(get_device).put(update_device).delete(delete_device),
+    )
 }
 
 /// Validates a localpart per the spec's user ID grammar; `M_INVALID_USERNAME` otherwise.
@@ -63,7 +67,11 @@ async fn verify_password(password: String, hash: String) -> bool {
     tokio::task::spawn_blocking(move || {
         use argon2::password_hash::{PasswordHash, PasswordVerifier};
         PasswordHash::new(&hash)
-            .map(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .map(|h| {
+                argon2::Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
             .unwrap_or(false)
     })
     .await
@@ -82,7 +90,9 @@ fn random_device_id() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let mut buf = [0u8; 10];
     rand::fill(&mut buf);
-    buf.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+    buf.iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
 }
 
 /// Creates a user (used by `/register` and `meshserver user add`).
@@ -108,7 +118,9 @@ pub async fn new_session(
     device_id: Option<String>,
     display_name: Option<String>,
 ) -> Result<Value> {
-    let device_id = device_id.filter(|d| !d.is_empty()).unwrap_or_else(random_device_id);
+    let device_id = device_id
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(random_device_id);
     let token = random_token(32);
     let (uid, did, tok) = (user_id.to_string(), device_id.clone(), token.clone());
     s.db.write(move |tx| {
@@ -200,13 +212,21 @@ async fn register(
     match kind {
         None => return Err(uia_challenge(stage, session, None)),
         Some(k) if k != stage => {
-            return Err(uia_challenge(stage, session, Some(Error::forbidden("Unsupported auth stage"))));
+            return Err(uia_challenge(
+                stage,
+                session,
+                Some(Error::forbidden("Unsupported auth stage")),
+            ));
         }
         Some("m.login.registration_token") => {
             s.rate_limiter.check(&format!("register-token:{}", peer.ip()))?;
             let token = auth.and_then(|a| a.get("token")).and_then(Value::as_str);
             if token != s.config.registration_token.as_deref() {
-                return Err(uia_challenge(stage, session, Some(Error::forbidden("Invalid registration token"))));
+                return Err(uia_challenge(
+                    stage,
+                    session,
+                    Some(Error::forbidden("Invalid registration token")),
+                ));
             }
         }
         Some(_) => {}
@@ -215,7 +235,9 @@ async fn register(
     if body.inhibit_login {
         return Ok(Json(json!({"user_id": user_id, "home_server": s.server_name()})));
     }
-    Ok(Json(new_session(&s, &user_id, body.device_id, body.initial_device_display_name).await?))
+    Ok(Json(
+        new_session(&s, &user_id, body.device_id, body.initial_device_display_name).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -243,7 +265,11 @@ fn identified_user(s: &AppState, body: &Value) -> Result<ruma::OwnedUserId> {
     let name = body
         .get("identifier")
         .and_then(|i| {
-            if i.get("type").and_then(Value::as_str) == Some("m.id.user") { i.get("user") } else { None }
+            if i.get("type").and_then(Value::as_str) == Some("m.id.user") {
+                i.get("user")
+            } else {
+                None
+            }
         })
         .or_else(|| body.get("user"))
         .and_then(Value::as_str)
@@ -268,42 +294,68 @@ async fn check_password(s: &AppState, user: &ruma::UserId, password: Option<&str
         (Some(h), Some(p)) => verify_password(p.to_owned(), h).await,
         _ => false,
     };
-    if ok { Ok(()) } else { Err(Error::forbidden("Invalid username or password")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::forbidden("Invalid username or password"))
+    }
 }
 
 /// `POST /_matrix/client/v3/login`
 async fn login(State(s): State<AppState>, JsonBody(body): JsonBody<Value>) -> Result<Json<Value>> {
     match body.get("type").and_then(Value::as_str) {
         Some("m.login.password") => {}
-        Some(_) => return Err(Error::new(axum::http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unsupported login type")),
+        Some(_) => {
+            return Err(Error::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                "Unsupported login type",
+            ));
+        }
         None => return Err(Error::bad_json("missing login type")),
     }
     let user = identified_user(&s, &body)?;
     check_password(&s, &user, body.get("password").and_then(Value::as_str)).await?;
     let device = body.get("device_id").and_then(Value::as_str).map(str::to_owned);
-    let name = body.get("initial_device_display_name").and_then(Value::as_str).map(str::to_owned);
+    let name = body
+        .get("initial_device_display_name")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     Ok(Json(new_session(&s, &user, device, name).await?))
 }
 
 /// User-Interactive Auth by password, for the endpoints that require it.
 async fn require_password_uia(s: &AppState, auth: &Auth, uia: Option<&Value>) -> Result<()> {
     let session = uia.and_then(|a| a.get("session")).and_then(Value::as_str);
-    let Some(uia) = uia else { return Err(uia_challenge("m.login.password", None, None)) };
+    let Some(uia) = uia else {
+        return Err(uia_challenge("m.login.password", None, None));
+    };
     if uia.get("type").and_then(Value::as_str) != Some("m.login.password") {
         return Err(uia_challenge("m.login.password", session, None));
     }
     let claimed = identified_user(s, uia).unwrap_or_else(|_| auth.user_id.clone());
     if claimed != auth.user_id {
-        return Err(uia_challenge("m.login.password", session, Some(Error::forbidden("Wrong user"))));
+        return Err(uia_challenge(
+            "m.login.password",
+            session,
+            Some(Error::forbidden("Wrong user")),
+        ));
     }
     check_password(s, &auth.user_id, uia.get("password").and_then(Value::as_str))
         .await
-        .map_err(|e| if e.errcode == "M_LIMIT_EXCEEDED" { e } else { uia_challenge("m.login.password", session, Some(e)) })
+        .map_err(|e| {
+            if e.errcode == "M_LIMIT_EXCEEDED" {
+                e
+            } else {
+                uia_challenge("m.login.password", session, Some(e))
+            }
+        })
 }
 
 /// `POST /_matrix/client/v3/logout`
 async fn logout(State(s): State<AppState>, auth: Auth) -> Result<axum::response::Response> {
-    s.db.write(move |tx| store::delete_device(tx, auth.user_id.as_str(), &auth.device_id)).await?;
+    s.db.write(move |tx| store::delete_device(tx, auth.user_id.as_str(), &auth.device_id))
+        .await?;
     Ok(empty())
 }
 
@@ -369,11 +421,11 @@ const DEVICE_COLUMNS: &str = "device_id, display_name, last_seen_ts, last_seen_i
 
 /// `GET /_matrix/client/v3/devices`
 async fn list_devices(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>> {
-    let devices = s
-        .db
-        .read(move |c| {
-            let mut stmt =
-                c.prepare_cached(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = ?1 ORDER BY device_id"))?;
+    let devices =
+        s.db.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = ?1 ORDER BY device_id"
+            ))?;
             let rows = stmt.query_map([auth.user_id.as_str()], device_json)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -382,11 +434,14 @@ async fn list_devices(State(s): State<AppState>, auth: Auth) -> Result<Json<Valu
 }
 
 /// `GET /_matrix/client/v3/devices/{deviceId}`
-async fn get_device(State(s): State<AppState>, auth: Auth, Path(device_id): Path<String>) -> Result<Json<Value>> {
+async fn get_device(
+    State(s): State<AppState>,
+    auth: Auth,
+    Path(device_id): Path<String>,
+) -> Result<Json<Value>> {
     use rusqlite::OptionalExtension;
-    let device = s
-        .db
-        .read(move |c| {
+    let device =
+        s.db.read(move |c| {
             Ok(c.prepare_cached(&format!(
                 "SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = ?1 AND device_id = ?2"
             ))?
@@ -409,9 +464,8 @@ async fn update_device(
     Path(device_id): Path<String>,
     JsonBody(body): JsonBody<DeviceUpdate>,
 ) -> Result<axum::response::Response> {
-    let changed = s
-        .db
-        .write(move |tx| {
+    let changed =
+        s.db.write(move |tx| {
             Ok(tx.execute(
                 "UPDATE devices SET display_name = ?3 WHERE user_id = ?1 AND device_id = ?2",
                 rusqlite::params![auth.user_id.as_str(), device_id, body.display_name],
@@ -439,18 +493,20 @@ async fn delete_device(
     JsonBody(body): JsonBody<DeleteBody>,
 ) -> Result<axum::response::Response> {
     let (uid, did) = (auth.user_id.to_string(), device_id.clone());
-    let exists = s
-        .db
-        .read(move |c| {
-            Ok(c.prepare_cached("SELECT 1 FROM devices WHERE user_id = ?1 AND device_id = ?2")?
-                .exists([&uid, &did])?)
+    let exists =
+        s.db.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT 1 FROM devices WHERE user_id = ?1 AND device_id = ?2")?
+                    .exists([&uid, &did])?,
+            )
         })
         .await?;
     if !exists {
         return Err(Error::not_found("Unknown device"));
     }
     require_password_uia(&s, &auth, body.auth.as_ref()).await?;
-    s.db.write(move |tx| store::delete_device(tx, auth.user_id.as_str(), &device_id)).await?;
+    s.db.write(move |tx| store::delete_device(tx, auth.user_id.as_str(), &device_id))
+        .await?;
     Ok(empty())
 }
 

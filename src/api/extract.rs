@@ -38,7 +38,10 @@ impl FromRequestParts<AppState> for Auth {
         let owner = state.db.read(move |c| token_owner(c, &token)).await?;
         let (user, device) = owner.ok_or_else(Error::unknown_token)?;
         let user_id = ruma::UserId::parse(&user).map_err(|_| Error::internal("bad stored user ID"))?;
-        Ok(Auth { user_id, device_id: device })
+        Ok(Auth {
+            user_id,
+            device_id: device,
+        })
     }
 }
 
@@ -62,6 +65,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         if !value.is_object() {
             return Err(Error::bad_json("body must be a JSON object"));
         }
-        serde_json::from_value(value).map(JsonBody).map_err(|e| Error::bad_json(e.to_string()))
+        serde_json::from_value(value)
+            .map(JsonBody)
+            .map_err(|e| Error::bad_json(e.to_string()))
     }
 }

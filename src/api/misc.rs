@@ -53,8 +53,10 @@ async fn node_info(State(s): State<AppState>) -> Json<Value> {
 
 /// `GET /_matrix/client/v3/capabilities`
 async fn capabilities(_auth: Auth) -> Json<Value> {
-    let available: serde_json::Map<String, Value> =
-        SUPPORTED_VERSIONS.iter().map(|v| ((*v).to_owned(), json!("stable"))).collect();
+    let available: serde_json::Map<String, Value> = SUPPORTED_VERSIONS
+        .iter()
+        .map(|v| ((*v).to_owned(), json!("stable")))
+        .collect();
     Json(json!({
         "capabilities": {
             "m.change_password": {"enabled": true},

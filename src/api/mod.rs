@@ -10,6 +10,7 @@ pub mod membership;
 pub mod misc;
 pub mod profile;
 pub mod ratelimit;
+pub mod render;
 pub mod room_events;
 pub mod rooms;
 pub mod sync;

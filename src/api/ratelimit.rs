@@ -22,9 +22,16 @@ impl RateLimiter {
     /// Takes one token for `key`, or says how long to wait.
     pub fn check(&self, key: &str) -> Result<()> {
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().map_err(|_| Error::internal("rate limiter poisoned"))?;
+        let mut buckets = self
+            .buckets
+            .lock()
+            .map_err(|_| Error::internal("rate limiter poisoned"))?;
         if buckets.len() >= MAX_KEYS && !buckets.contains_key(key) {
-            if let Some(oldest) = buckets.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = buckets
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone())
+            {
                 buckets.remove(&oldest);
             }
         }

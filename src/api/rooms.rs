@@ -7,21 +7,24 @@ use serde_json::{Value, json};
 
 use super::client;
 use super::extract::{Auth, JsonBody};
+use crate::Result;
 use crate::room::create::{CreateRoom, create_room};
 use crate::services::AppState;
-use crate::Result;
 
 pub fn add(r: Router<AppState>) -> Router<AppState> {
     client(r, "/createRoom", post(create))
 }
 
 /// `POST /_matrix/client/v3/createRoom`
-async fn create(State(s): State<AppState>, auth: Auth, JsonBody(body): JsonBody<CreateRoom>) -> Result<Json<Value>> {
+async fn create(
+    State(s): State<AppState>,
+    auth: Auth,
+    JsonBody(body): JsonBody<CreateRoom>,
+) -> Result<Json<Value>> {
     let plan = body.plan(&s.identity)?;
     let services = s.clone();
-    let room_id = s
-        .db
-        .write(move |tx| create_room(tx, &services.identity, &auth.user_id, &body, plan))
-        .await?;
+    let room_id =
+        s.db.write(move |tx| create_room(tx, &services.identity, &auth.user_id, &body, plan))
+            .await?;
     Ok(Json(json!({"room_id": room_id})))
 }

@@ -57,7 +57,10 @@ impl CreateRoom {
         };
         rules_for(&version)?;
         if let Some(p) = &self.preset
-            && !matches!(p.as_str(), "private_chat" | "public_chat" | "trusted_private_chat")
+            && !matches!(
+                p.as_str(),
+                "private_chat" | "public_chat" | "trusted_private_chat"
+            )
         {
             return Err(Error::bad_json(format!("unknown preset {p}")));
         }
@@ -69,7 +72,8 @@ impl CreateRoom {
         let alias = match &self.room_alias_name {
             Some(local) => {
                 let alias = format!("#{local}:{}", identity.server_name());
-                if local.is_empty() || local.contains([':', '#']) || ruma::RoomAliasId::parse(&alias).is_err() {
+                if local.is_empty() || local.contains([':', '#']) || ruma::RoomAliasId::parse(&alias).is_err()
+                {
                     return Err(Error::invalid_param("invalid room_alias_name"));
                 }
                 Some(alias)
@@ -86,7 +90,12 @@ impl CreateRoom {
                 return Err(Error::bad_json("initial_state content must be an object"));
             }
         }
-        Ok(Plan { version, alias, invite, profile: (None, None) })
+        Ok(Plan {
+            version,
+            alias,
+            invite,
+            profile: (None, None),
+        })
     }
 }
 
@@ -114,7 +123,12 @@ pub fn create_room(
         create_content.insert("creator".into(), creator.as_str().into());
     }
     let preset = req.preset.clone().unwrap_or_else(|| {
-        if req.visibility.as_deref() == Some("public") { "public_chat" } else { "private_chat" }.into()
+        if req.visibility.as_deref() == Some("public") {
+            "public_chat"
+        } else {
+            "private_chat"
+        }
+        .into()
     });
     if v12 && preset == "trusted_private_chat" && !plan.invite.is_empty() {
         // v12 expresses "invitees are as powerful as the creator" as additional creators.
@@ -205,13 +219,33 @@ pub fn create_room(
     // 4. Alias, preset state, initial_state, name, topic — in the spec's order.
     if let Some(alias) = &plan.alias {
         crate::storage::rooms::put_alias(tx, alias, room_id.as_str(), creator.as_str())?;
-        send(tx, NewEvent::state("m.room.canonical_alias", "", json!({"alias": alias})))?;
+        send(
+            tx,
+            NewEvent::state("m.room.canonical_alias", "", json!({"alias": alias})),
+        )?;
     }
-    let join_rule = if preset == "public_chat" { "public" } else { "invite" };
-    send(tx, NewEvent::state("m.room.join_rules", "", json!({"join_rule": join_rule})))?;
-    send(tx, NewEvent::state("m.room.history_visibility", "", json!({"history_visibility": "shared"})))?;
+    let join_rule = if preset == "public_chat" {
+        "public"
+    } else {
+        "invite"
+    };
+    send(
+        tx,
+        NewEvent::state("m.room.join_rules", "", json!({"join_rule": join_rule})),
+    )?;
+    send(
+        tx,
+        NewEvent::state(
+            "m.room.history_visibility",
+            "",
+            json!({"history_visibility": "shared"}),
+        ),
+    )?;
     if preset != "public_chat" {
-        send(tx, NewEvent::state("m.room.guest_access", "", json!({"guest_access": "can_join"})))?;
+        send(
+            tx,
+            NewEvent::state("m.room.guest_access", "", json!({"guest_access": "can_join"})),
+        )?;
     }
     for s in &req.initial_state {
         send(tx, NewEvent::state(&s.kind, &s.state_key, s.content.clone()))?;
@@ -251,7 +285,8 @@ fn is_privileged_creator(conn: &Connection, room_id: &str, user: &UserId) -> Res
     if !rules.authorization.explicitly_privilege_room_creators {
         return Ok(false);
     }
-    let Some(create) = current_state_id(conn, room_id, "m.room.create", "")?.and_then(|id| get_pdu(conn, &id))
+    let Some(create) =
+        current_state_id(conn, room_id, "m.room.create", "")?.and_then(|id| get_pdu(conn, &id))
     else {
         return Ok(false);
     };

@@ -38,10 +38,20 @@ pub struct NewEvent {
 
 impl NewEvent {
     pub fn state(kind: &str, state_key: &str, content: Value) -> Self {
-        Self { kind: kind.into(), state_key: Some(state_key.into()), content, redacts: None }
+        Self {
+            kind: kind.into(),
+            state_key: Some(state_key.into()),
+            content,
+            redacts: None,
+        }
     }
     pub fn message(kind: &str, content: Value) -> Self {
-        Self { kind: kind.into(), state_key: None, content, redacts: None }
+        Self {
+            kind: kind.into(),
+            state_key: None,
+            content,
+            redacts: None,
+        }
     }
 }
 
@@ -56,9 +66,13 @@ pub struct Txn {
 
 pub fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
     if !SUPPORTED_VERSIONS.contains(&version.as_str()) {
-        return Err(Error::unsupported_room_version(format!("room version {version} is not supported")));
+        return Err(Error::unsupported_room_version(format!(
+            "room version {version} is not supported"
+        )));
     }
-    version.rules().ok_or_else(|| Error::unsupported_room_version("unknown room version"))
+    version
+        .rules()
+        .ok_or_else(|| Error::unsupported_room_version("unknown room version"))
 }
 
 /// The version of a room the node knows, or `M_NOT_FOUND`.
@@ -84,7 +98,9 @@ pub fn append_local(
     let version = room_version(tx, room_id.as_str())?;
     let rules = rules_for(&version)?;
     let prev_events = forward_extremities(tx, room_id.as_str())?;
-    let depth = max_depth(tx, &prev_events)?.saturating_add(1).min(i64::MAX as u64);
+    let depth = max_depth(tx, &prev_events)?
+        .saturating_add(1)
+        .min(i64::MAX as u64);
     let content_raw = serde_json::value::to_raw_value(&ev.content)?;
     let kind = TimelineEventType::from(ev.kind.as_str());
     let auth_types = state_res::auth_types_for_event(
@@ -115,7 +131,10 @@ pub fn append_local(
     obj.insert("auth_events".into(), auth_events.into());
     obj.insert("content".into(), content);
     obj.insert("depth".into(), depth.into());
-    obj.insert("origin_server_ts".into(), u64::from(MilliSecondsSinceUnixEpoch::now().get()).into());
+    obj.insert(
+        "origin_server_ts".into(),
+        u64::from(MilliSecondsSinceUnixEpoch::now().get()).into(),
+    );
     obj.insert("prev_events".into(), prev_events.into());
     obj.insert("room_id".into(), room_id.as_str().into());
     obj.insert("sender".into(), sender.as_str().into());
@@ -152,7 +171,9 @@ pub fn sign(identity: &Identity, rules: &RoomVersionRules, pdu: Value) -> Result
     })?;
     let size = serde_json::to_vec(&object)?.len();
     if size > MAX_PDU_BYTES {
-        return Err(Error::too_large(format!("event is {size} bytes, over the limit of {MAX_PDU_BYTES}")));
+        return Err(Error::too_large(format!(
+            "event is {size} bytes, over the limit of {MAX_PDU_BYTES}"
+        )));
     }
     let event_id = event_id_of(&object, rules).map_err(Error::internal)?;
     Pdu::from_json(event_id, object).map_err(Error::bad_json)
@@ -165,7 +186,10 @@ pub fn authorize(conn: &Connection, rules: &RoomVersionRules, pdu: &Pdu) -> Resu
     state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id| get_pdu(conn, id.as_str()))
         .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))?;
     state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |t: &StateEventType, k: &str| {
-        current_state_id(conn, room, &t.to_string(), k).ok().flatten().and_then(|id| get_pdu(conn, &id))
+        current_state_id(conn, room, &t.to_string(), k)
+            .ok()
+            .flatten()
+            .and_then(|id| get_pdu(conn, &id))
     })
     .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))
 }
@@ -207,7 +231,11 @@ pub fn persist(
     let rel_type = relates.and_then(|r| r.get("rel_type")).and_then(Value::as_str);
     let json = serde_json::to_string(&pdu.json)?;
     let (tu, td, tt) = match &txn {
-        Some(t) => (Some(t.user.as_str()), Some(t.device.as_str()), Some(t.txn_id.as_str())),
+        Some(t) => (
+            Some(t.user.as_str()),
+            Some(t.device.as_str()),
+            Some(t.txn_id.as_str()),
+        ),
         None => (None, None, None),
     };
     tx.prepare_cached(
@@ -274,26 +302,44 @@ fn record_local_membership(
     content: &Value,
     stream: i64,
 ) -> Result<()> {
-    let Ok(user) = UserId::parse(state_key) else { return Ok(()) };
+    let Ok(user) = UserId::parse(state_key) else {
+        return Ok(());
+    };
     if user.server_name() != identity.server_name() {
         return Ok(());
     }
-    let membership = content.get("membership").and_then(Value::as_str).unwrap_or("leave");
+    let membership = content
+        .get("membership")
+        .and_then(Value::as_str)
+        .unwrap_or("leave");
     conn.prepare_cached(
         "INSERT INTO local_membership (user_id, room_id, membership, event_id, stream_ordering, forgotten) \
          VALUES (?1, ?2, ?3, ?4, ?5, 0) ON CONFLICT (user_id, room_id) DO UPDATE SET \
          membership = excluded.membership, event_id = excluded.event_id, \
          stream_ordering = excluded.stream_ordering, forgotten = 0",
     )?
-    .execute(params![state_key, pdu.room.as_str(), membership, pdu.event_id.as_str(), stream])?;
+    .execute(params![
+        state_key,
+        pdu.room.as_str(),
+        membership,
+        pdu.event_id.as_str(),
+        stream
+    ])?;
     Ok(())
 }
 
 /// Redacts `target` in place when the redaction's sender may: the original sender, or
 /// anyone with the room's `redact` power level. The signed PDU keeps verifying: signatures
 /// cover only the redacted form.
-fn apply_redaction(tx: &Connection, rules: &RoomVersionRules, redaction: &Pdu, target: &OwnedEventId) -> Result<()> {
-    let Some(original) = get_pdu(tx, target.as_str()) else { return Ok(()) };
+fn apply_redaction(
+    tx: &Connection,
+    rules: &RoomVersionRules,
+    redaction: &Pdu,
+    target: &OwnedEventId,
+) -> Result<()> {
+    let Some(original) = get_pdu(tx, target.as_str()) else {
+        return Ok(());
+    };
     if original.room != redaction.room {
         return Ok(());
     }
@@ -308,6 +354,10 @@ fn apply_redaction(tx: &Connection, rules: &RoomVersionRules, redaction: &Pdu, t
     let redacted = ruma::canonical_json::redact(original.json, &rules.redaction, Some(because))
         .map_err(|e| Error::internal(e.to_string()))?;
     tx.prepare_cached("UPDATE events SET json = ?2, redacted_by = ?3 WHERE event_id = ?1")?
-        .execute(params![target.as_str(), serde_json::to_string(&redacted)?, redaction.event_id.as_str()])?;
+        .execute(params![
+            target.as_str(),
+            serde_json::to_string(&redacted)?,
+            redaction.event_id.as_str()
+        ])?;
     Ok(())
 }

@@ -33,7 +33,10 @@ pub fn resolve_after(
         [] => Ok((None, StateIds::new())),
         [one] => Ok((Some(*one), load_group(conn, *one)?)),
         _ => {
-            let states = groups.iter().map(|g| load_group(conn, *g)).collect::<Result<Vec<_>>>()?;
+            let states = groups
+                .iter()
+                .map(|g| load_group(conn, *g))
+                .collect::<Result<Vec<_>>>()?;
             let resolved = resolve(conn, rules, &states)?;
             Ok((Some(groups[0]), resolved))
         }
@@ -50,7 +53,10 @@ pub fn resolve(conn: &Connection, rules: &RoomVersionRules, states: &[StateIds])
         .map(|s| {
             s.iter()
                 .filter_map(|((t, k), e)| {
-                    Some(((StateEventType::from(t.as_str()), k.clone()), OwnedEventId::try_from(e.as_str()).ok()?))
+                    Some((
+                        (StateEventType::from(t.as_str()), k.clone()),
+                        OwnedEventId::try_from(e.as_str()).ok()?,
+                    ))
                 })
                 .collect()
         })
@@ -69,16 +75,24 @@ pub fn resolve(conn: &Connection, rules: &RoomVersionRules, states: &[StateIds])
         |conflicted| Some(conflicted_subgraph(conn, conflicted)),
     )
     .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
-    Ok(resolved.into_iter().map(|((t, k), e)| ((t.to_string(), k), e.to_string())).collect())
+    Ok(resolved
+        .into_iter()
+        .map(|((t, k), e)| ((t.to_string(), k), e.to_string()))
+        .collect())
 }
 
 /// The full auth chain of `start` (excluding the start events themselves).
-pub fn auth_chain(conn: &Connection, start: impl IntoIterator<Item = OwnedEventId>) -> EventIdSet<OwnedEventId> {
+pub fn auth_chain(
+    conn: &Connection,
+    start: impl IntoIterator<Item = OwnedEventId>,
+) -> EventIdSet<OwnedEventId> {
     let mut seen = HashSet::new();
     let mut stack: Vec<OwnedEventId> = start.into_iter().collect();
     let mut out = EventIdSet::new();
     while let Some(id) = stack.pop() {
-        let Some(pdu) = get_pdu(conn, id.as_str()) else { continue };
+        let Some(pdu) = get_pdu(conn, id.as_str()) else {
+            continue;
+        };
         for a in pdu.auth_events {
             if seen.insert(a.clone()) {
                 out.insert(a.clone());
@@ -91,7 +105,10 @@ pub fn auth_chain(conn: &Connection, start: impl IntoIterator<Item = OwnedEventI
 
 /// The conflicted state subgraph (room v12): events on an auth-event path from one
 /// conflicted event to another, both ends included.
-fn conflicted_subgraph(conn: &Connection, conflicted: &StateMap<Vec<OwnedEventId>>) -> EventIdSet<OwnedEventId> {
+fn conflicted_subgraph(
+    conn: &Connection,
+    conflicted: &StateMap<Vec<OwnedEventId>>,
+) -> EventIdSet<OwnedEventId> {
     let targets: HashSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
     // reaches[x]: x is conflicted or one of its auth events reaches a conflicted event.
     let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
@@ -118,5 +135,9 @@ fn conflicted_subgraph(conn: &Connection, conflicted: &StateMap<Vec<OwnedEventId
     for t in &targets {
         visit(conn, t, &targets, &mut reaches);
     }
-    reaches.into_iter().filter(|(_, r)| *r).map(|(id, _)| id).collect()
+    reaches
+        .into_iter()
+        .filter(|(_, r)| *r)
+        .map(|(id, _)| id)
+        .collect()
 }

@@ -41,7 +41,12 @@ pub fn profile(conn: &Connection, user_id: &str) -> Result<Option<(Option<String
 }
 
 /// Creates the device if new (keeping its display name otherwise).
-pub fn upsert_device(conn: &Connection, user_id: &str, device_id: &str, display_name: Option<&str>) -> Result<()> {
+pub fn upsert_device(
+    conn: &Connection,
+    user_id: &str,
+    device_id: &str,
+    display_name: Option<&str>,
+) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO devices (user_id, device_id, display_name) VALUES (?1, ?2, ?3) \
          ON CONFLICT (user_id, device_id) DO UPDATE SET display_name = COALESCE(excluded.display_name, display_name)",

@@ -14,21 +14,28 @@ pub struct StoredEvent {
     pub txn: Option<(String, String, String)>,
 }
 
-pub const EVENT_COLUMNS: &str =
-    "stream_ordering, event_id, json, soft_failed, txn_user, txn_device, txn_id";
+pub const EVENT_COLUMNS: &str = "stream_ordering, event_id, json, soft_failed, txn_user, txn_device, txn_id";
 
 /// Maps a row selected with [`EVENT_COLUMNS`].
 pub fn row_to_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     let event_id: String = row.get(1)?;
     let json: String = row.get(2)?;
-    let pdu = Pdu::from_stored(&event_id, &json).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
-    })?;
-    let txn = match (row.get::<_, Option<String>>(4)?, row.get::<_, Option<String>>(5)?, row.get::<_, Option<String>>(6)?) {
+    let pdu = Pdu::from_stored(&event_id, &json)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into()))?;
+    let txn = match (
+        row.get::<_, Option<String>>(4)?,
+        row.get::<_, Option<String>>(5)?,
+        row.get::<_, Option<String>>(6)?,
+    ) {
         (Some(u), Some(d), Some(t)) => Some((u, d, t)),
         _ => None,
     };
-    Ok(StoredEvent { stream_ordering: row.get(0)?, pdu, soft_failed: row.get(3)?, txn })
+    Ok(StoredEvent {
+        stream_ordering: row.get(0)?,
+        pdu,
+        soft_failed: row.get(3)?,
+        txn,
+    })
 }
 
 pub fn get_event(conn: &Connection, event_id: &str) -> Result<Option<StoredEvent>> {

@@ -6,9 +6,9 @@
 //! Stream positions (the global order /sync follows) are allocated inside that same
 //! transaction and published to the [`Notifier`] only after it commits.
 
-mod migrations;
 pub mod accounts;
 pub mod events;
+mod migrations;
 pub mod rooms;
 pub mod state;
 
@@ -70,8 +70,9 @@ impl Db {
         configure(&writer)?;
         writer.pragma_update(None, "synchronous", if full_sync { "FULL" } else { "NORMAL" })?;
         migrations::migrate(&mut writer)?;
-        let pos: i64 =
-            writer.query_row("SELECT value FROM meta WHERE key = 'stream_pos'", [], |r| r.get(0))?;
+        let pos: i64 = writer.query_row("SELECT value FROM meta WHERE key = 'stream_pos'", [], |r| {
+            r.get(0)
+        })?;
         notifier.advance_stream(pos);
         Ok(Db {
             inner: Arc::new(Inner {
@@ -95,9 +96,15 @@ impl Db {
     {
         let inner = self.inner.clone();
         run_blocking(move || {
-            let mut conn = inner.writer.lock().map_err(|_| Error::internal("writer poisoned"))?;
+            let mut conn = inner
+                .writer
+                .lock()
+                .map_err(|_| Error::internal("writer poisoned"))?;
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let mut wtx = WriteTx { tx, last_stream_id: None };
+            let mut wtx = WriteTx {
+                tx,
+                last_stream_id: None,
+            };
             let out = f(&mut wtx)?;
             let last = wtx.last_stream_id;
             wtx.tx.commit()?;
@@ -138,7 +145,12 @@ impl Db {
 
 impl Inner {
     fn take_reader(&self) -> Result<Connection> {
-        if let Some(c) = self.readers.lock().map_err(|_| Error::internal("pool poisoned"))?.pop() {
+        if let Some(c) = self
+            .readers
+            .lock()
+            .map_err(|_| Error::internal("pool poisoned"))?
+            .pop()
+        {
             return Ok(c);
         }
         let conn = Connection::open_with_flags(
@@ -167,5 +179,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 async fn run_blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("task failed: {e}")))?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("task failed: {e}")))?
 }

@@ -20,9 +20,8 @@ pub type StateIds = HashMap<(String, String), String>;
 pub fn load_group(conn: &Connection, group: i64) -> Result<StateIds> {
     let mut state = StateIds::new();
     let mut next = Some(group);
-    let mut entries = conn.prepare_cached(
-        "SELECT type, state_key, event_id FROM state_group_entries WHERE state_group = ?1",
-    )?;
+    let mut entries = conn
+        .prepare_cached("SELECT type, state_key, event_id FROM state_group_entries WHERE state_group = ?1")?;
     let mut parent = conn.prepare_cached("SELECT prev_group FROM state_groups WHERE id = ?1")?;
     while let Some(g) = next {
         let rows = entries.query_map([g], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
@@ -31,25 +30,26 @@ pub fn load_group(conn: &Connection, group: i64) -> Result<StateIds> {
             // Newer deltas were read first; they win.
             state.entry(key).or_insert(id);
         }
-        next = parent.query_row([g], |r| r.get::<_, Option<i64>>(0)).optional()?.flatten();
+        next = parent
+            .query_row([g], |r| r.get::<_, Option<i64>>(0))
+            .optional()?
+            .flatten();
     }
     Ok(state)
 }
 
 /// Stores the state `full` as a new group, as a delta over `base` when that is short.
-pub fn store_group(
-    conn: &Connection,
-    room_id: &str,
-    base: Option<i64>,
-    full: &StateIds,
-) -> Result<i64> {
+pub fn store_group(conn: &Connection, room_id: &str, base: Option<i64>, full: &StateIds) -> Result<i64> {
     let base_info = match base {
         Some(b) => Some((b, chain_len(conn, b)?, load_group(conn, b)?)),
         None => None,
     };
     let (prev, len, entries): (Option<i64>, i64, Vec<(&(String, String), &String)>) = match &base_info {
         Some((b, len, base_state)) if *len < MAX_CHAIN => {
-            let delta: Vec<_> = full.iter().filter(|(k, v)| base_state.get(*k) != Some(*v)).collect();
+            let delta: Vec<_> = full
+                .iter()
+                .filter(|(k, v)| base_state.get(*k) != Some(*v))
+                .collect();
             // A delta cannot express removals; state never loses keys in Matrix, but a
             // resolved state might differ in shape, so fall back to a full snapshot.
             if base_state.keys().all(|k| full.contains_key(k)) {
@@ -106,7 +106,12 @@ fn chain_len(conn: &Connection, group: i64) -> Result<i64> {
 }
 
 /// The current state event ID for `(type, state_key)` in a room.
-pub fn current_state_id(conn: &Connection, room_id: &str, kind: &str, state_key: &str) -> Result<Option<String>> {
+pub fn current_state_id(
+    conn: &Connection,
+    room_id: &str,
+    kind: &str,
+    state_key: &str,
+) -> Result<Option<String>> {
     Ok(conn
         .prepare_cached(
             "SELECT event_id FROM current_state WHERE room_id = ?1 AND type = ?2 AND state_key = ?3",
@@ -117,15 +122,16 @@ pub fn current_state_id(conn: &Connection, room_id: &str, kind: &str, state_key:
 
 /// All current state event IDs of a room.
 pub fn current_state_ids(conn: &Connection, room_id: &str) -> Result<StateIds> {
-    let mut stmt = conn
-        .prepare_cached("SELECT type, state_key, event_id FROM current_state WHERE room_id = ?1")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT type, state_key, event_id FROM current_state WHERE room_id = ?1")?;
     let rows = stmt.query_map([room_id], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Replaces the materialised current state of a room with `state`.
 pub fn set_current_state(conn: &Connection, room_id: &str, group: i64, state: &StateIds) -> Result<()> {
-    conn.prepare_cached("DELETE FROM current_state WHERE room_id = ?1")?.execute([room_id])?;
+    conn.prepare_cached("DELETE FROM current_state WHERE room_id = ?1")?
+        .execute([room_id])?;
     for ((t, k), e) in state {
         upsert_current(conn, room_id, t, k, e)?;
     }
@@ -135,12 +141,20 @@ pub fn set_current_state(conn: &Connection, room_id: &str, group: i64, state: &S
 }
 
 /// Sets one current-state entry, recording the membership of member events.
-pub fn upsert_current(conn: &Connection, room_id: &str, kind: &str, state_key: &str, event_id: &str) -> Result<()> {
+pub fn upsert_current(
+    conn: &Connection,
+    room_id: &str,
+    kind: &str,
+    state_key: &str,
+    event_id: &str,
+) -> Result<()> {
     let membership: Option<String> = if kind == "m.room.member" {
-        conn.prepare_cached("SELECT json_extract(json, '$.content.membership') FROM events WHERE event_id = ?1")?
-            .query_row([event_id], |r| r.get(0))
-            .optional()?
-            .flatten()
+        conn.prepare_cached(
+            "SELECT json_extract(json, '$.content.membership') FROM events WHERE event_id = ?1",
+        )?
+        .query_row([event_id], |r| r.get(0))
+        .optional()?
+        .flatten()
     } else {
         None
     };

@@ -30,9 +30,16 @@ impl TestNode {
     }
 
     pub async fn start_in(dir: tempfile::TempDir) -> TestNode {
-        let node = Node::start(Config::for_data_dir(dir.path())).await.expect("node starts");
+        let node = Node::start(Config::for_data_dir(dir.path()))
+            .await
+            .expect("node starts");
         let url = node.client_url();
-        TestNode { node: Some(node), url, dir, http: reqwest::Client::new() }
+        TestNode {
+            node: Some(node),
+            url,
+            dir,
+            http: reqwest::Client::new(),
+        }
     }
 
     /// Stops the node and starts a new one on the same data dir.
@@ -48,11 +55,22 @@ impl TestNode {
     }
 
     pub fn server_name(&self) -> String {
-        self.node.as_ref().expect("running").services.server_name().to_string()
+        self.node
+            .as_ref()
+            .expect("running")
+            .services
+            .server_name()
+            .to_string()
     }
 
     /// Sends a request; returns status and JSON body (`Null` when the body is not JSON).
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self.http.request(method, format!("{}{}", self.url, path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -96,7 +114,9 @@ impl TestNode {
 
     /// Creates a room with `body`, asserting success; returns the room ID.
     pub async fn create_room(&self, user: &User, body: Value) -> String {
-        let (status, res) = self.post("/_matrix/client/v3/createRoom", &user.token, body).await;
+        let (status, res) = self
+            .post("/_matrix/client/v3/createRoom", &user.token, body)
+            .await;
         assert_eq!(status, 200, "createRoom: {res}");
         res["room_id"].as_str().expect("room_id").to_owned()
     }
