@@ -17,6 +17,15 @@ use ruma::{OwnedServerName, ServerName, SigningKeyAlgorithm, SigningKeyId};
 
 pub const KEY_FILE: &str = "signing.key";
 
+/// Unpadded standard base64 that tolerates non-zero trailing bits, as Synapse's key files
+/// (and the spec's own test seed) may have them.
+const LENIENT_B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 /// The node's signing key and the names derived from it.
 #[derive(Clone)]
 pub struct Identity {
@@ -63,9 +72,7 @@ impl Identity {
         if alg != "ed25519" {
             bail!("unsupported key algorithm {alg}");
         }
-        let seed = base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(seed_b64.trim_end_matches('='))
-            .context("seed is not base64")?;
+        let seed = LENIENT_B64.decode(seed_b64).context("seed is not base64")?;
         let seed: [u8; 32] = seed
             .try_into()
             .map_err(|_| anyhow::anyhow!("seed is not 32 bytes"))?;
@@ -174,5 +181,96 @@ mod tests {
     #[test]
     fn non_hex_names_have_no_key() {
         assert!(public_key_of(ServerName::parse("example.org").unwrap().as_ref()).is_none());
+    }
+
+    /// The signing test vectors of the spec's appendices (content/appendices.md,
+    /// "Signing Events"), run through our `KeyPair` and ruma's hashing and signing.
+    mod spec_vectors {
+        use super::*;
+        use ruma::canonical_json::CanonicalJsonObject;
+        use ruma::room_version_rules::RoomVersionRules;
+
+        fn key() -> Identity {
+            let seed = LENIENT_B64.decode("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1").unwrap();
+            Identity::from_seed(seed.try_into().unwrap(), "1")
+        }
+
+        fn obj(json: &str) -> CanonicalJsonObject {
+            serde_json::from_str(json).unwrap()
+        }
+
+        fn signature(o: &CanonicalJsonObject) -> String {
+            let v = serde_json::to_value(o).unwrap();
+            v["signatures"]["domain"]["ed25519:1"].as_str().unwrap().to_owned()
+        }
+
+        #[test]
+        fn json_signing() {
+            let mut empty = obj("{}");
+            ruma::signatures::sign_json("domain", &key(), &mut empty).unwrap();
+            assert_eq!(
+                signature(&empty),
+                "K8280/U9SSy9IVtjBuVeLr+HpOB4BQFWbg+UZaADMtTdGYI7Geitb76LTrr5QV/7Xg4ahLwYGYZzuHGZKM5ZAQ"
+            );
+            let mut data = obj(r#"{"one": 1, "two": "Two"}"#);
+            ruma::signatures::sign_json("domain", &key(), &mut data).unwrap();
+            assert_eq!(
+                signature(&data),
+                "KqmLSbO39/Bzb0QIYE82zqLwsA+PDzYIpIRA2sRQ4sL53+sN6/fpNSoqE7BP7vBZhG6kYdD13EIMJpvhJI+6Bw"
+            );
+        }
+
+        fn sign_event(json: &str) -> CanonicalJsonObject {
+            let mut ev = obj(json);
+            ev.remove("signatures");
+            ev.remove("hashes");
+            ruma::signatures::hash_and_sign_event("domain", &key(), &mut ev, &RoomVersionRules::V1.redaction)
+                .unwrap();
+            ev
+        }
+
+        fn hash(o: &CanonicalJsonObject) -> String {
+            serde_json::to_value(o).unwrap()["hashes"]["sha256"].as_str().unwrap().to_owned()
+        }
+
+        #[test]
+        fn event_signing() {
+            let minimal = sign_event(
+                r#"{"room_id": "!x:domain", "sender": "@a:domain", "origin": "domain",
+                    "origin_server_ts": 1000000, "signatures": {}, "hashes": {}, "type": "X",
+                    "content": {}, "prev_events": [], "auth_events": [], "depth": 3,
+                    "unsigned": {"age_ts": 1000000}}"#,
+            );
+            assert_eq!(hash(&minimal), "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos");
+            assert_eq!(
+                signature(&minimal),
+                "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg"
+            );
+            let message = sign_event(
+                r#"{"content": {"body": "Here is the message content"}, "event_id": "$0:domain",
+                    "origin": "domain", "origin_server_ts": 1000000, "type": "m.room.message",
+                    "room_id": "!r:domain", "sender": "@u:domain", "signatures": {},
+                    "unsigned": {"age_ts": 1000000}}"#,
+            );
+            assert_eq!(hash(&message), "onLKD1bGljeBWQhWZ1kaP9SorVmRQNdN5aM2JYU2n/g");
+            assert_eq!(
+                signature(&message),
+                "Wm+VzmOUOz08Ds+0NTWb1d4CZrVsJSikkeRxh6aCcUwu6pNC78FunoD7KNWzqFn241eYHYMGCA5McEiVPdhzBA"
+            );
+        }
+
+        #[test]
+        fn our_signatures_verify_from_the_name_alone() {
+            let id = Identity::from_seed([9u8; 32], "a_x");
+            let mut o = obj(r#"{"hello": "world"}"#);
+            ruma::signatures::sign_json(id.server_name().as_str(), &id, &mut o).unwrap();
+            let map = key_map_for([(id.server_name(), vec![id.key_id()])]);
+            ruma::signatures::verify_json(&map, &o).unwrap();
+            // A different key claiming the same name fails.
+            let other = Identity::from_seed([8u8; 32], "a_x");
+            let mut forged = obj(r#"{"hello": "world"}"#);
+            ruma::signatures::sign_json(id.server_name().as_str(), &other, &mut forged).unwrap();
+            assert!(ruma::signatures::verify_json(&map, &forged).is_err());
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Room-level lookups: aliases, memberships, the public directory.
 
 use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
 
 use crate::Result;
 
@@ -43,5 +44,124 @@ pub fn members_with(conn: &Connection, room_id: &str, membership: &str) -> Resul
         "SELECT state_key FROM current_state WHERE room_id = ?1 AND type = 'm.room.member' AND membership = ?2",
     )?;
     let rows = stmt.query_map(params![room_id, membership], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Whether the node holds the room (created here or joined).
+pub fn room_exists(conn: &Connection, room_id: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM rooms WHERE room_id = ?1")?
+        .query_row([room_id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// `(room_id, creator)` of a local alias.
+pub fn alias_entry(conn: &Connection, alias: &str) -> Result<Option<(String, String)>> {
+    Ok(conn
+        .prepare_cached("SELECT room_id, creator FROM room_aliases WHERE alias = ?1")?
+        .query_row([alias], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+pub fn delete_alias(conn: &Connection, alias: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("DELETE FROM room_aliases WHERE alias = ?1")?
+        .execute([alias])?
+        > 0)
+}
+
+/// Whether a room is in the published room directory; `None` for an unknown room.
+pub fn is_published(conn: &Connection, room_id: &str) -> Result<Option<bool>> {
+    Ok(conn
+        .prepare_cached("SELECT published FROM rooms WHERE room_id = ?1")?
+        .query_row([room_id], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn set_published(conn: &Connection, room_id: &str, published: bool) -> Result<()> {
+    conn.prepare_cached("UPDATE rooms SET published = ?2 WHERE room_id = ?1")?
+        .execute(params![room_id, published])?;
+    Ok(())
+}
+
+/// Rooms in the published room directory, in room ID order.
+pub fn published_rooms(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT room_id FROM rooms WHERE published = 1 ORDER BY room_id")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// A local user's latest membership in a room as recorded for /sync.
+#[derive(Debug, Clone)]
+pub struct LocalMembership {
+    pub membership: String,
+    pub event_id: String,
+    pub stream_ordering: i64,
+    pub forgotten: bool,
+}
+
+pub fn local_membership(conn: &Connection, user_id: &str, room_id: &str) -> Result<Option<LocalMembership>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT membership, event_id, stream_ordering, forgotten FROM local_membership \
+             WHERE user_id = ?1 AND room_id = ?2",
+        )?
+        .query_row(params![user_id, room_id], |r| {
+            Ok(LocalMembership {
+                membership: r.get(0)?,
+                event_id: r.get(1)?,
+                stream_ordering: r.get(2)?,
+                forgotten: r.get(3)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Marks a room forgotten for a user; the next membership event clears the mark.
+pub fn set_forgotten(conn: &Connection, user_id: &str, room_id: &str) -> Result<()> {
+    conn.prepare_cached("UPDATE local_membership SET forgotten = 1 WHERE user_id = ?1 AND room_id = ?2")?
+        .execute(params![user_id, room_id])?;
+    Ok(())
+}
+
+/// Whether `user_id` has ever been joined to the room (per the events the node holds).
+pub fn ever_joined(conn: &Connection, room_id: &str, user_id: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM events WHERE room_id = ?1 AND type = 'm.room.member' AND state_key = ?2 \
+             AND soft_failed = 0 AND json_extract(json, '$.content.membership') = 'join' LIMIT 1",
+        )?
+        .query_row(params![room_id, user_id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// The state group of a room as of stream position `pos`: the state after the last event
+/// at or before it.
+pub fn state_group_at(conn: &Connection, room_id: &str, pos: i64) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT state_group FROM events WHERE room_id = ?1 AND stream_ordering <= ?2 \
+             AND soft_failed = 0 ORDER BY stream_ordering DESC LIMIT 1",
+        )?
+        .query_row(params![room_id, pos], |r| r.get(0))
+        .optional()?)
+}
+
+/// The content of a current state event, if the room has one.
+pub fn state_content(conn: &Connection, room_id: &str, kind: &str, state_key: &str) -> Result<Option<Value>> {
+    Ok(crate::storage::state::current_state_id(conn, room_id, kind, state_key)?
+        .and_then(|id| crate::storage::events::get_pdu(conn, &id))
+        .map(|p| p.content_value()))
+}
+
+/// Event IDs of the current member events of a room, with their membership.
+pub fn member_event_ids(conn: &Connection, room_id: &str) -> Result<Vec<(String, Option<String>)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT event_id, membership FROM current_state WHERE room_id = ?1 AND type = 'm.room.member' \
+         ORDER BY state_key",
+    )?;
+    let rows = stmt.query_map([room_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
