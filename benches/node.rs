@@ -1,1 +1,412 @@
-fn main() {}
+//! Node benchmarks over real HTTP against the `meshserver` binary (`cargo bench --bench node`):
+//! send throughput, send → long-poll /sync wake latency, initial /sync of a 1,000-message room,
+//! and idle memory. Prints a Markdown table with the targets beside each figure.
+//!
+//! Under `cargo test --all-targets` (no `--bench` flag) it runs a smoke pass with tiny counts
+//! against the debug binary, so the benchmark code itself stays tested.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshserver");
+
+/// How much work each measurement does: full figures under `cargo bench`, a smoke pass otherwise.
+struct Plan {
+    floor_requests: usize,
+    sends_per_run: usize,
+    send_runs: usize,
+    wake_messages: usize,
+    room_messages: usize,
+    initial_syncs: usize,
+    idle: Duration,
+}
+
+const FULL: Plan = Plan {
+    floor_requests: 2000,
+    sends_per_run: 2000,
+    send_runs: 3,
+    wake_messages: 300,
+    room_messages: 1000,
+    initial_syncs: 20,
+    idle: Duration::from_secs(2),
+};
+
+const SMOKE: Plan = Plan {
+    floor_requests: 20,
+    sends_per_run: 20,
+    send_runs: 1,
+    wake_messages: 5,
+    room_messages: 20,
+    initial_syncs: 3,
+    idle: Duration::from_millis(200),
+};
+
+/// The node under test, killed on drop.
+struct NodeProcess {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NodeProcess {
+    async fn start(http: &reqwest::Client) -> anyhow::Result<NodeProcess> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        // Default settings, as `meshserver run` ships; the request log goes nowhere.
+        let child = Command::new(BIN)
+            .args([
+                "run",
+                "--client-listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .env_remove("MESHSERVER_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {BIN}"))?;
+        let mut node = NodeProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = node.child.try_wait()? {
+                bail!("node exited with {status} before serving");
+            }
+            if http
+                .get(node.url("/_matrix/client/versions"))
+                .send()
+                .await
+                .is_ok()
+            {
+                return Ok(node);
+            }
+            ensure!(Instant::now() < deadline, "node did not start within 60 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Resident memory of the node process, from /proc.
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("no VmRSS line")?;
+        let kib = line.split_whitespace().nth(1).context("empty VmRSS line")?;
+        Ok(kib.parse()?)
+    }
+}
+
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self.http.request(method.clone(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await?;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        ensure!(status.is_success(), "{method} {path}: {status} {body}");
+        Ok(body)
+    }
+
+    async fn register(&self, name: &str) -> anyhow::Result<String> {
+        let body = json!({"username": name, "password": format!("pw-{name}"),
+                          "auth": {"type": "m.login.dummy"}});
+        let res = self
+            .call(
+                reqwest::Method::POST,
+                "/_matrix/client/v3/register",
+                None,
+                Some(body),
+            )
+            .await?;
+        Ok(res["access_token"]
+            .as_str()
+            .context("no access_token")?
+            .to_owned())
+    }
+
+    async fn create_room(&self, token: &str, body: Value) -> anyhow::Result<String> {
+        let res = self
+            .call(
+                reqwest::Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(token),
+                Some(body),
+            )
+            .await?;
+        Ok(res["room_id"].as_str().context("no room_id")?.to_owned())
+    }
+
+    async fn send(&self, token: &str, room: &str, txn: &str) -> anyhow::Result<String> {
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room));
+        let body = json!({"msgtype": "m.text", "body": format!("message {txn}")});
+        let res = self
+            .call(reqwest::Method::PUT, &path, Some(token), Some(body))
+            .await?;
+        Ok(res["event_id"].as_str().context("no event_id")?.to_owned())
+    }
+
+    async fn sync(&self, token: &str, since: Option<&str>, timeout_ms: u64) -> anyhow::Result<Value> {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(s) = since {
+            path.push_str(&format!("&since={}", enc(s)));
+        }
+        self.call(reqwest::Method::GET, &path, Some(token), None).await
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn next_batch(sync: &Value) -> anyhow::Result<String> {
+    Ok(sync["next_batch"].as_str().context("no next_batch")?.to_owned())
+}
+
+fn timeline_has(sync: &Value, room: &str, event_id: &str) -> bool {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .is_some_and(|evs| evs.iter().any(|e| e["event_id"] == event_id))
+}
+
+/// Nearest-rank percentile of an already sorted slice.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    percentile(&v, 0.5)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+struct Row {
+    metric: String,
+    value: String,
+    target: &'static str,
+    met: bool,
+    note: String,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let full = std::env::args().any(|a| a == "--bench");
+    let plan = if full { FULL } else { SMOKE };
+    let http = reqwest::Client::new();
+    let node = NodeProcess::start(&http).await?;
+    let c = Client {
+        http,
+        base: node.url.clone(),
+    };
+    let mut rows = Vec::new();
+
+    // Idle memory first, before any load has grown caches.
+    tokio::time::sleep(plan.idle).await;
+    let idle_kib = node.rss_kib()?;
+    rows.push(Row {
+        metric: format!("idle RSS ({} s after start)", plan.idle.as_secs_f64()),
+        value: format!("{:.1} MiB", idle_kib as f64 / 1024.0),
+        target: "<= 20 MiB",
+        met: idle_kib <= 20 * 1024,
+        note: "VmRSS from /proc".into(),
+    });
+
+    // The HTTP floor: a request that touches no storage.
+    let mut floor = Vec::with_capacity(plan.floor_requests);
+    for _ in 0..plan.floor_requests {
+        let t = Instant::now();
+        c.call(reqwest::Method::GET, "/_matrix/client/versions", None, None)
+            .await?;
+        floor.push(t.elapsed());
+    }
+    let floor = median(floor);
+    rows.push(Row {
+        metric: "GET /versions round trip (HTTP floor)".into(),
+        value: ms(floor),
+        target: "-",
+        met: true,
+        note: "baseline for the ratios".into(),
+    });
+    let vs_floor = |d: Duration| format!("{:.1}x floor", d.as_secs_f64() / floor.as_secs_f64());
+
+    // Sequential sends by one user into one room.
+    let alice = c.register("alice").await?;
+    let room = c.create_room(&alice, json!({"preset": "public_chat"})).await?;
+    let mut rates = Vec::new();
+    for run in 0..plan.send_runs {
+        let t = Instant::now();
+        for i in 0..plan.sends_per_run {
+            c.send(&alice, &room, &format!("r{run}-{i}")).await?;
+        }
+        rates.push(plan.sends_per_run as f64 / t.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    let rate = rates[rates.len() / 2];
+    rows.push(Row {
+        metric: format!(
+            "sequential PUT /send ({} sends, median of {})",
+            plan.sends_per_run, plan.send_runs
+        ),
+        value: format!("{rate:.0} sends/s"),
+        target: ">= 1000 sends/s",
+        met: rate >= 1000.0,
+        note: format!(
+            "{:.2} ms each, {}",
+            1000.0 / rate,
+            vs_floor(Duration::from_secs_f64(1.0 / rate))
+        ),
+    });
+
+    // Send → another user's parked long-poll /sync.
+    let bob = c.register("bob").await?;
+    let join = format!("/_matrix/client/v3/rooms/{}/join", enc(&room));
+    c.call(reqwest::Method::POST, &join, Some(&bob), Some(json!({})))
+        .await?;
+    let mut since = next_batch(&c.sync(&bob, None, 0).await?)?;
+    let mut wakes = Vec::with_capacity(plan.wake_messages);
+    for i in 0..plan.wake_messages {
+        let (client, token, s) = (c.clone(), bob.clone(), since.clone());
+        let poll = tokio::spawn(async move { client.sync(&token, Some(&s), 30_000).await });
+        // Let the long-poll reach the server and park before the send.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let t = Instant::now();
+        let event_id = c.send(&alice, &room, &format!("wake-{i}")).await?;
+        let mut res = poll.await??;
+        // A wake for anything else (a receipt, say) is not the one being timed: poll on.
+        while !timeline_has(&res, &room, &event_id) {
+            ensure!(
+                t.elapsed() < Duration::from_secs(30),
+                "message {event_id} never reached /sync"
+            );
+            res = c.sync(&bob, Some(&next_batch(&res)?), 30_000).await?;
+        }
+        wakes.push(t.elapsed());
+        since = next_batch(&res)?;
+    }
+    wakes.sort();
+    let (p50, p99) = (percentile(&wakes, 0.5), percentile(&wakes, 0.99));
+    rows.push(Row {
+        metric: format!(
+            "send -> long-poll /sync wake, p50 ({} messages)",
+            plan.wake_messages
+        ),
+        value: ms(p50),
+        target: "<= 2 ms",
+        met: p50 <= Duration::from_millis(2),
+        note: format!("from PUT start to /sync body read; {}", vs_floor(p50)),
+    });
+    rows.push(Row {
+        metric: "send -> long-poll /sync wake, p99".into(),
+        value: ms(p99),
+        target: "-",
+        met: true,
+        note: vs_floor(p99),
+    });
+
+    // Initial sync of a user whose one room holds `room_messages` messages.
+    let carol = c.register("carol").await?;
+    let big = c.create_room(&carol, json!({"name": "history"})).await?;
+    for i in 0..plan.room_messages {
+        c.send(&carol, &big, &format!("h{i}")).await?;
+    }
+    let mut initial = Vec::with_capacity(plan.initial_syncs);
+    for _ in 0..plan.initial_syncs {
+        let t = Instant::now();
+        let res = c.sync(&carol, None, 0).await?;
+        initial.push(t.elapsed());
+        ensure!(
+            res["rooms"]["join"][big.as_str()]["timeline"]["events"]
+                .as_array()
+                .is_some_and(|e| !e.is_empty()),
+            "initial sync lacks the room's timeline: {res}"
+        );
+    }
+    let initial = median(initial);
+    rows.push(Row {
+        metric: format!(
+            "initial /sync, room with {} messages (median of {})",
+            plan.room_messages, plan.initial_syncs
+        ),
+        value: ms(initial),
+        target: "<= 5 ms",
+        met: initial <= Duration::from_millis(5),
+        note: vs_floor(initial),
+    });
+
+    let after_kib = node.rss_kib()?;
+    rows.push(Row {
+        metric: "RSS after the runs above".into(),
+        value: format!("{:.1} MiB", after_kib as f64 / 1024.0),
+        target: "-",
+        met: true,
+        note: "informational".into(),
+    });
+
+    if !full {
+        println!("smoke pass (debug binary, tiny counts; `cargo bench --bench node` for figures)");
+    }
+    println!("| metric | value | target | met | notes |");
+    println!("|---|---|---|---|---|");
+    for r in &rows {
+        let met = if r.target == "-" {
+            ""
+        } else if r.met {
+            "yes"
+        } else {
+            "NO"
+        };
+        println!(
+            "| {} | {} | {} | {met} | {} |",
+            r.metric, r.value, r.target, r.note
+        );
+    }
+    Ok(())
+}

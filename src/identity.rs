@@ -191,7 +191,9 @@ mod tests {
         use ruma::room_version_rules::RoomVersionRules;
 
         fn key() -> Identity {
-            let seed = LENIENT_B64.decode("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1").unwrap();
+            let seed = LENIENT_B64
+                .decode("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1")
+                .unwrap();
             Identity::from_seed(seed.try_into().unwrap(), "1")
         }
 
@@ -201,7 +203,10 @@ mod tests {
 
         fn signature(o: &CanonicalJsonObject) -> String {
             let v = serde_json::to_value(o).unwrap();
-            v["signatures"]["domain"]["ed25519:1"].as_str().unwrap().to_owned()
+            v["signatures"]["domain"]["ed25519:1"]
+                .as_str()
+                .unwrap()
+                .to_owned()
         }
 
         #[test]
@@ -230,7 +235,10 @@ mod tests {
         }
 
         fn hash(o: &CanonicalJsonObject) -> String {
-            serde_json::to_value(o).unwrap()["hashes"]["sha256"].as_str().unwrap().to_owned()
+            serde_json::to_value(o).unwrap()["hashes"]["sha256"]
+                .as_str()
+                .unwrap()
+                .to_owned()
         }
 
         #[test]

@@ -26,14 +26,14 @@ impl RateLimiter {
             .buckets
             .lock()
             .map_err(|_| Error::internal("rate limiter poisoned"))?;
-        if buckets.len() >= MAX_KEYS && !buckets.contains_key(key) {
-            if let Some(oldest) = buckets
+        if buckets.len() >= MAX_KEYS
+            && !buckets.contains_key(key)
+            && let Some(oldest) = buckets
                 .iter()
                 .min_by_key(|(_, (_, t))| *t)
                 .map(|(k, _)| k.clone())
-            {
-                buckets.remove(&oldest);
-            }
+        {
+            buckets.remove(&oldest);
         }
         let (tokens, last) = buckets.entry(key.to_owned()).or_insert((BURST, now));
         let refill = now.duration_since(*last).as_secs_f64() / REFILL.as_secs_f64();

@@ -331,6 +331,6 @@ pub fn power_needed(conn: &Connection, room_id: &str, key: &str) -> Result<i64> 
 }
 
 /// Power levels may be integers or, in old rooms, strings holding integers.
-fn as_int(v: &Value) -> Option<i64> {
+pub(crate) fn as_int(v: &Value) -> Option<i64> {
     v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }

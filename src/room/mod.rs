@@ -7,6 +7,7 @@
 
 pub mod create;
 pub mod resolve;
+pub mod visibility;
 
 use ruma::canonical_json::{CanonicalJsonObject, CanonicalJsonValue};
 use ruma::events::{StateEventType, TimelineEventType};

@@ -141,3 +141,72 @@ fn conflicted_subgraph(
         .map(|(id, _)| id)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::identity::Identity;
+    use crate::notifier::Notifier;
+    use crate::room::create::{CreateRoom, create_room};
+    use crate::room::{NewEvent, append_local, rules_for};
+    use crate::storage::Db;
+    use crate::storage::state::set_current_state;
+
+    /// Two branches set the room name concurrently; resolution keeps exactly one, the one
+    /// state resolution v2 orders last (same power: by timestamp, then event ID).
+    #[tokio::test]
+    async fn concurrent_name_changes_resolve_deterministically() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), false, Notifier::default()).unwrap();
+        let id = Identity::from_seed([3u8; 32], "a_t");
+        let out = db
+            .write(move |tx| {
+                let alice = ruma::UserId::parse(format!("@alice:{}", id.server_name())).unwrap();
+                let req = CreateRoom {
+                    name: Some("start".into()),
+                    ..CreateRoom::default()
+                };
+                let plan = req.plan(&id)?;
+                let room = create_room(tx, &id, &alice, &req, plan)?;
+                let fork_point = crate::storage::events::forward_extremities(tx, room.as_str())?;
+                let fork_group = crate::room::current_group(tx, room.as_str())?.unwrap();
+                let name = |n: &str| NewEvent::state("m.room.name", "", json!({"name": n}));
+                let b1 = append_local(tx, &id, &room, &alice, name("left"), None)?;
+                // Rewind the room to the fork point and build the other branch on it.
+                tx.execute(
+                    "DELETE FROM forward_extremities WHERE room_id = ?1",
+                    [room.as_str()],
+                )?;
+                for e in &fork_point {
+                    tx.execute(
+                        "INSERT INTO forward_extremities VALUES (?1, ?2)",
+                        [room.as_str(), e],
+                    )?;
+                }
+                let fork_state = crate::storage::state::load_group(tx, fork_group)?;
+                set_current_state(tx, room.as_str(), fork_group, &fork_state)?;
+                let b2 = append_local(tx, &id, &room, &alice, name("right"), None)?;
+                assert_eq!(
+                    b1.prev_events, b2.prev_events,
+                    "both branches share the fork point"
+                );
+                let rules = rules_for(&crate::room::room_version(tx, room.as_str())?)?;
+                let (_, resolved) = resolve_after(tx, &rules, &[b1.event_id.clone(), b2.event_id.clone()])?;
+                let (_, reversed) = resolve_after(tx, &rules, &[b2.event_id.clone(), b1.event_id.clone()])?;
+                Ok((b1, b2, resolved, reversed))
+            })
+            .await
+            .unwrap();
+        let (b1, b2, resolved, reversed) = out;
+        assert_eq!(resolved, reversed, "order of inputs does not matter");
+        let winner = resolved.get(&("m.room.name".to_owned(), String::new())).unwrap();
+        let key = |p: &crate::pdu::Pdu| (p.origin_server_ts, p.event_id.clone());
+        let expected = if key(&b1) > key(&b2) { &b1 } else { &b2 };
+        assert_eq!(winner, expected.event_id.as_str());
+        // Everything else is the unconflicted state both branches share.
+        assert!(resolved.contains_key(&("m.room.create".to_owned(), String::new())));
+        assert!(resolved.contains_key(&("m.room.power_levels".to_owned(), String::new())));
+    }
+}

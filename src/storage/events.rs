@@ -99,3 +99,136 @@ pub fn stream_ordering_of(conn: &Connection, event_id: &str) -> Result<Option<i6
         .query_row([event_id], |r| r.get(0))
         .optional()?)
 }
+
+/// The last allocated global stream position.
+pub fn stream_position(conn: &Connection) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'stream_pos'")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// The event ID holding `(kind, state_key)` in state group `group`, walking its delta chain
+/// newest first (at most `state::MAX_CHAIN` groups), without loading the whole state.
+pub fn state_entry_at(conn: &Connection, group: i64, kind: &str, state_key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached(
+            "WITH RECURSIVE chain(g, n) AS ( \
+               SELECT ?1, 0 \
+               UNION ALL SELECT sg.prev_group, chain.n + 1 FROM state_groups sg JOIN chain ON sg.id = chain.g \
+               WHERE sg.prev_group IS NOT NULL) \
+             SELECT e.event_id FROM chain JOIN state_group_entries e ON e.state_group = chain.g \
+             WHERE e.type = ?2 AND e.state_key = ?3 ORDER BY chain.n LIMIT 1",
+        )?
+        .query_row(params![group, kind, state_key], |r| r.get(0))
+        .optional()?)
+}
+
+/// A top-level string field of an event's content (`membership`, `history_visibility`).
+pub fn content_str(conn: &Connection, event_id: &str, field: &str) -> Result<Option<String>> {
+    let path = format!("$.content.\"{}\"", field.replace('"', ""));
+    Ok(conn
+        .prepare_cached(
+            "SELECT CASE WHEN json_type(json, ?2) = 'text' THEN json_extract(json, ?2) END \
+             FROM events WHERE event_id = ?1",
+        )?
+        .query_row(params![event_id, path], |r| r.get::<_, Option<String>>(0))
+        .optional()?
+        .flatten())
+}
+
+/// The stream position of the newest accepted event that set `user`'s membership in a
+/// room to `membership`.
+pub fn last_membership_at(
+    conn: &Connection,
+    room_id: &str,
+    user_id: &str,
+    membership: &str,
+) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT MAX(stream_ordering) FROM events WHERE room_id = ?1 AND type = 'm.room.member' \
+             AND state_key = ?2 AND soft_failed = 0 AND json_extract(json, '$.content.membership') = ?3",
+        )?
+        .query_row(params![room_id, user_id, membership], |r| r.get(0))?)
+}
+
+/// The result recorded for a client transaction (`kind` is `send` or `redact`).
+pub fn txn_result(
+    conn: &Connection,
+    user_id: &str,
+    device_id: &str,
+    kind: &str,
+    txn_id: &str,
+) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT result FROM txn_ids WHERE user_id = ?1 AND device_id = ?2 AND kind = ?3 AND txn_id = ?4",
+        )?
+        .query_row(params![user_id, device_id, kind, txn_id], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn put_txn(
+    conn: &Connection,
+    user_id: &str,
+    device_id: &str,
+    kind: &str,
+    txn_id: &str,
+    result: &str,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO txn_ids (user_id, device_id, kind, txn_id, result) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![user_id, device_id, kind, txn_id, result])?;
+    Ok(())
+}
+
+/// Whether `sender` already has an unredacted annotation of `kind` with `key` on `parent`.
+pub fn has_annotation(conn: &Connection, parent: &str, sender: &str, kind: &str, key: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM events WHERE relates_to = ?1 AND rel_type = 'm.annotation' AND sender = ?2 \
+             AND type = ?3 AND soft_failed = 0 AND redacted_by IS NULL \
+             AND json_extract(json, '$.content.\"m.relates_to\".key') = ?4 LIMIT 1",
+        )?
+        .query_row(params![parent, sender, kind, key], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// What a relations query asks for: children of `parent`, optionally of one relation type
+/// and event type, strictly between the stream positions `after` and `before`.
+pub struct RelationQuery<'a> {
+    pub room_id: &'a str,
+    pub parent: &'a str,
+    pub rel_type: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub after: i64,
+    pub before: i64,
+    pub backwards: bool,
+    pub limit: usize,
+}
+
+/// Accepted, unredacted events relating to a parent (a redaction removes the relation).
+pub fn relations(conn: &Connection, q: &RelationQuery<'_>) -> Result<Vec<StoredEvent>> {
+    let order = if q.backwards { "DESC" } else { "ASC" };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE room_id = ?1 AND relates_to = ?2 \
+         AND (?3 IS NULL OR rel_type = ?3) AND (?4 IS NULL OR type = ?4) \
+         AND stream_ordering > ?5 AND stream_ordering < ?6 AND soft_failed = 0 AND redacted_by IS NULL \
+         ORDER BY stream_ordering {order} LIMIT ?7"
+    ))?;
+    let rows = stmt.query_map(
+        params![
+            q.room_id,
+            q.parent,
+            q.rel_type,
+            q.kind,
+            q.after,
+            q.before,
+            q.limit as i64
+        ],
+        row_to_event,
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

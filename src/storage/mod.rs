@@ -11,6 +11,7 @@ pub mod events;
 mod migrations;
 pub mod rooms;
 pub mod state;
+pub mod sync;
 pub mod user_data;
 
 use std::ops::Deref;

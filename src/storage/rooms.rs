@@ -125,35 +125,13 @@ pub fn set_forgotten(conn: &Connection, user_id: &str, room_id: &str) -> Result<
     Ok(())
 }
 
-/// Whether `user_id` has ever been joined to the room (per the events the node holds).
-pub fn ever_joined(conn: &Connection, room_id: &str, user_id: &str) -> Result<bool> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM events WHERE room_id = ?1 AND type = 'm.room.member' AND state_key = ?2 \
-             AND soft_failed = 0 AND json_extract(json, '$.content.membership') = 'join' LIMIT 1",
-        )?
-        .query_row(params![room_id, user_id], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
-/// The state group of a room as of stream position `pos`: the state after the last event
-/// at or before it.
-pub fn state_group_at(conn: &Connection, room_id: &str, pos: i64) -> Result<Option<i64>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT state_group FROM events WHERE room_id = ?1 AND stream_ordering <= ?2 \
-             AND soft_failed = 0 ORDER BY stream_ordering DESC LIMIT 1",
-        )?
-        .query_row(params![room_id, pos], |r| r.get(0))
-        .optional()?)
-}
-
 /// The content of a current state event, if the room has one.
 pub fn state_content(conn: &Connection, room_id: &str, kind: &str, state_key: &str) -> Result<Option<Value>> {
-    Ok(crate::storage::state::current_state_id(conn, room_id, kind, state_key)?
-        .and_then(|id| crate::storage::events::get_pdu(conn, &id))
-        .map(|p| p.content_value()))
+    Ok(
+        crate::storage::state::current_state_id(conn, room_id, kind, state_key)?
+            .and_then(|id| crate::storage::events::get_pdu(conn, &id))
+            .map(|p| p.content_value()),
+    )
 }
 
 /// Event IDs of the current member events of a room, with their membership.

@@ -40,36 +40,17 @@ pub fn load_group(conn: &Connection, group: i64) -> Result<StateIds> {
 
 /// Stores the state `full` as a new group, as a delta over `base` when that is short.
 pub fn store_group(conn: &Connection, room_id: &str, base: Option<i64>, full: &StateIds) -> Result<i64> {
-    let base_info = match base {
-        Some(b) => Some((b, chain_len(conn, b)?, load_group(conn, b)?)),
-        None => None,
-    };
-    let (prev, len, entries): (Option<i64>, i64, Vec<(&(String, String), &String)>) = match &base_info {
-        Some((b, len, base_state)) if *len < MAX_CHAIN => {
-            let delta: Vec<_> = full
-                .iter()
-                .filter(|(k, v)| base_state.get(*k) != Some(*v))
-                .collect();
-            // A delta cannot express removals; state never loses keys in Matrix, but a
-            // resolved state might differ in shape, so fall back to a full snapshot.
-            if base_state.keys().all(|k| full.contains_key(k)) {
-                (Some(*b), len + 1, delta)
-            } else {
-                (None, 0, full.iter().collect())
-            }
+    if let Some(b) = base {
+        let len = chain_len(conn, b)?;
+        let base_state = load_group(conn, b)?;
+        // A delta cannot express removals; Matrix state never loses keys, but a resolved
+        // state may differ in shape, and then only a full snapshot is right.
+        if len < MAX_CHAIN && base_state.keys().all(|k| full.contains_key(k)) {
+            let delta = full.iter().filter(|(k, v)| base_state.get(*k) != Some(*v));
+            return insert_group(conn, room_id, Some(b), len + 1, delta);
         }
-        _ => (None, 0, full.iter().collect()),
-    };
-    conn.prepare_cached("INSERT INTO state_groups (room_id, prev_group, chain_len) VALUES (?1, ?2, ?3)")?
-        .execute(params![room_id, prev, len])?;
-    let id = conn.last_insert_rowid();
-    let mut ins = conn.prepare_cached(
-        "INSERT INTO state_group_entries (state_group, type, state_key, event_id) VALUES (?1, ?2, ?3, ?4)",
-    )?;
-    for ((t, k), e) in entries {
-        ins.execute(params![id, t, k, e])?;
     }
-    Ok(id)
+    insert_group(conn, room_id, None, 0, full.iter())
 }
 
 /// Adds one state event on top of `base` as a one-entry delta.
@@ -80,22 +61,37 @@ pub fn add_to_group(
     key: (&str, &str),
     event_id: &str,
 ) -> Result<i64> {
+    let entry = ((key.0.to_owned(), key.1.to_owned()), event_id.to_owned());
     let len = match base {
         Some(b) => chain_len(conn, b)? + 1,
         None => 0,
     };
-    if len > MAX_CHAIN {
-        let mut full = load_group(conn, base.expect("len > 0 implies a base"))?;
-        full.insert((key.0.to_owned(), key.1.to_owned()), event_id.to_owned());
-        return store_group(conn, room_id, None, &full);
+    match base {
+        Some(b) if len > MAX_CHAIN => {
+            let mut full = load_group(conn, b)?;
+            full.insert(entry.0, entry.1);
+            insert_group(conn, room_id, None, 0, full.iter())
+        }
+        _ => insert_group(conn, room_id, base, len, std::iter::once((&entry.0, &entry.1))),
     }
+}
+
+fn insert_group<'a>(
+    conn: &Connection,
+    room_id: &str,
+    prev: Option<i64>,
+    chain_len: i64,
+    entries: impl Iterator<Item = (&'a (String, String), &'a String)>,
+) -> Result<i64> {
     conn.prepare_cached("INSERT INTO state_groups (room_id, prev_group, chain_len) VALUES (?1, ?2, ?3)")?
-        .execute(params![room_id, base, len])?;
+        .execute(params![room_id, prev, chain_len])?;
     let id = conn.last_insert_rowid();
-    conn.prepare_cached(
+    let mut ins = conn.prepare_cached(
         "INSERT INTO state_group_entries (state_group, type, state_key, event_id) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![id, key.0, key.1, event_id])?;
+    )?;
+    for ((t, k), e) in entries {
+        ins.execute(params![id, t, k, e])?;
+    }
     Ok(id)
 }
 

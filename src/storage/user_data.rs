@@ -59,7 +59,15 @@ pub fn put_receipt(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (room_id, user_id, receipt_type, thread_id) \
          DO UPDATE SET event_id = excluded.event_id, ts = excluded.ts, stream_id = excluded.stream_id",
     )?
-    .execute(params![room_id, user_id, receipt_type, thread_id, event_id, ts, stream])?;
+    .execute(params![
+        room_id,
+        user_id,
+        receipt_type,
+        thread_id,
+        event_id,
+        ts,
+        stream
+    ])?;
     Ok(stream)
 }
 
@@ -123,9 +131,17 @@ impl ProfileField {
 }
 
 /// Sets (or clears, with `None`) one profile field of an existing user.
-pub fn set_profile_field(conn: &Connection, user_id: &str, field: ProfileField, value: Option<&str>) -> Result<()> {
+pub fn set_profile_field(
+    conn: &Connection,
+    user_id: &str,
+    field: ProfileField,
+    value: Option<&str>,
+) -> Result<()> {
     // The column name comes from the enum, never from input.
-    conn.prepare_cached(&format!("UPDATE users SET {} = ?2 WHERE user_id = ?1", field.key()))?
-        .execute(params![user_id, value])?;
+    conn.prepare_cached(&format!(
+        "UPDATE users SET {} = ?2 WHERE user_id = ?1",
+        field.key()
+    ))?
+    .execute(params![user_id, value])?;
     Ok(())
 }

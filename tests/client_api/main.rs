@@ -5,3 +5,7 @@ mod common;
 
 mod account;
 mod persistence;
+mod user_data;
+mod events;
+mod rooms;
+mod sync;

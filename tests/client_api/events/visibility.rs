@@ -1,0 +1,143 @@
+//! History visibility: what joined, departed and non-members may read.
+
+use serde_json::json;
+
+use super::*;
+
+async fn set_visibility(n: &TestNode, u: &User, room: &str, v: &str) {
+    let res = put_state(
+        n,
+        u,
+        room,
+        "m.room.history_visibility",
+        "",
+        json!({"history_visibility": v}),
+    )
+    .await;
+    assert_eq!(res.0, 200, "{:?}", res);
+}
+
+async fn all_bodies(n: &TestNode, u: &User, room: &str) -> Vec<String> {
+    let (s, page) = n
+        .get(&room_path(room, "messages?dir=f&limit=1000"), &u.token)
+        .await;
+    assert_eq!(s, 200, "{page}");
+    bodies(&page["chunk"])
+}
+
+#[tokio::test]
+async fn joined_visibility_hides_history_from_newcomers_and_leavers_see_up_to_leaving() {
+    let n = TestNode::start().await;
+    let alice = n.register("alice").await;
+    let bob = n.register("bob").await;
+    let room = n
+        .create_room(&alice, json!({"preset": "public_chat", "topic": "old topic"}))
+        .await;
+    // `shared`: bob will see this though he joins later.
+    say(&n, &alice, &room, "shared before").await;
+    set_visibility(&n, &alice, &room, "joined").await;
+    let hidden = say(&n, &alice, &room, "hidden").await;
+    set_membership(&n, &bob, &room, "join").await;
+    say(&n, &alice, &room, "while joined").await;
+
+    assert_eq!(
+        all_bodies(&n, &bob, &room).await,
+        vec!["shared before", "while joined"]
+    );
+    let res = n
+        .get(&room_path(&room, &format!("event/{}", enc(&hidden))), &bob.token)
+        .await;
+    assert_err(&res, 404, "M_NOT_FOUND");
+    let res = n
+        .get(
+            &room_path(&room, &format!("context/{}", enc(&hidden))),
+            &bob.token,
+        )
+        .await;
+    assert_err(&res, 404, "M_NOT_FOUND");
+    assert_eq!(
+        all_bodies(&n, &alice, &room).await,
+        vec!["shared before", "hidden", "while joined"]
+    );
+
+    set_membership(&n, &bob, &room, "leave").await;
+    let after = say(&n, &alice, &room, "after bob left").await;
+    let res = put_state(
+        &n,
+        &alice,
+        &room,
+        "m.room.topic",
+        "",
+        json!({"topic": "new topic"}),
+    )
+    .await;
+    assert_eq!(res.0, 200);
+
+    // Bob sees up to his leave, and the state as it was then.
+    assert_eq!(
+        all_bodies(&n, &bob, &room).await,
+        vec!["shared before", "while joined"]
+    );
+    let (_, back) = n
+        .get(&room_path(&room, "messages?dir=b&limit=1"), &bob.token)
+        .await;
+    assert_eq!(
+        back["chunk"][0]["type"], "m.room.member",
+        "his leave is his last event: {back}"
+    );
+    assert_eq!(back["chunk"][0]["content"]["membership"], "leave");
+    let res = n
+        .get(&room_path(&room, &format!("event/{}", enc(&after))), &bob.token)
+        .await;
+    assert_err(&res, 404, "M_NOT_FOUND");
+    let (s, topic) = n.get(&room_path(&room, "state/m.room.topic/"), &bob.token).await;
+    assert_eq!((s, topic["topic"].clone()), (200, json!("old topic")));
+    let (_, state) = n.get(&room_path(&room, "state"), &bob.token).await;
+    let mine = state
+        .as_array()
+        .expect("state")
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
+        .cloned()
+        .expect("bob's membership");
+    assert_eq!(mine["content"]["membership"], "leave");
+    let (_, topic) = n
+        .get(&room_path(&room, "state/m.room.topic/"), &alice.token)
+        .await;
+    assert_eq!(topic["topic"], "new topic");
+}
+
+#[tokio::test]
+async fn world_readable_rooms_can_be_read_by_anyone() {
+    let n = TestNode::start().await;
+    let alice = n.register("alice").await;
+    let carol = n.register("carol").await;
+    let room = n.create_room(&alice, json!({})).await;
+    let private = say(&n, &alice, &room, "before").await;
+    let res = n.get(&room_path(&room, "messages?dir=b"), &carol.token).await;
+    assert_err(&res, 403, "M_FORBIDDEN");
+
+    set_visibility(&n, &alice, &room, "world_readable").await;
+    let public = say(&n, &alice, &room, "public").await;
+    // Only what was sent while world_readable; `shared` history stays with members.
+    assert_eq!(all_bodies(&n, &carol, &room).await, vec!["public"]);
+    let (s, ev) = n
+        .get(
+            &room_path(&room, &format!("event/{}", enc(&public))),
+            &carol.token,
+        )
+        .await;
+    assert_eq!((s, ev["content"]["body"].clone()), (200, json!("public")));
+    let res = n
+        .get(
+            &room_path(&room, &format!("event/{}", enc(&private))),
+            &carol.token,
+        )
+        .await;
+    assert_err(&res, 404, "M_NOT_FOUND");
+    let (s, _) = n.get(&room_path(&room, "state"), &carol.token).await;
+    assert_eq!(s, 200);
+    // Reading is not joining.
+    let res = send_raw(&n, &carol, &room, "m.room.message", "c", json!({"body": "hi"})).await;
+    assert_err(&res, 403, "M_FORBIDDEN");
+}
