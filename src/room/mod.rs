@@ -351,7 +351,16 @@ fn apply_redaction(
             return Ok(());
         }
     }
-    let because = ruma::canonical_json::RedactedBecause::from_json(redaction.json.clone());
+    // Clients read `redacted_because` as a client event, so store it in that form (unsigned
+    // data is outside the signature; peers ignore it).
+    let mut client_form = redaction.to_client_event(true, serde_json::Map::new());
+    if let Some(u) = client_form.get_mut("unsigned").and_then(Value::as_object_mut) {
+        u.remove("age"); // would be frozen at redaction time
+    }
+    let because = match ruma::canonical_json::to_canonical_value(client_form) {
+        Ok(CanonicalJsonValue::Object(o)) => ruma::canonical_json::RedactedBecause::from_json(o),
+        _ => return Err(Error::internal("redaction is not canonical JSON")),
+    };
     let redacted = ruma::canonical_json::redact(original.json, &rules.redaction, Some(because))
         .map_err(|e| Error::internal(e.to_string()))?;
     tx.prepare_cached("UPDATE events SET json = ?2, redacted_by = ?3 WHERE event_id = ?1")?

@@ -138,7 +138,7 @@ impl<'c> Visibility<'c> {
             None => (Setting::Shared, None),
         };
         Ok(match (setting, membership.as_deref()) {
-            (_, _) => true,
+            (Setting::WorldReadable, _) | (_, Some("join")) => true,
             (Setting::Shared, _) => self.last_join.is_some_and(|j| j > stream),
             (Setting::Invited, Some("invite")) => true,
             _ => false,

@@ -180,6 +180,118 @@ CREATE TABLE presence (
     stream_id INTEGER NOT NULL
 ) STRICT;
 "#,
+    // 2: end-to-end encryption plumbing. The server stores and routes keys; it never
+    // decrypts anything.
+    r#"
+-- The signed device keys object a device uploaded (signatures from cross-signing merged in
+-- at query time from key_signatures).
+CREATE TABLE device_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id),
+    FOREIGN KEY (user_id, device_id) REFERENCES devices(user_id, device_id) ON DELETE CASCADE
+) STRICT;
+
+-- One-time keys: each is handed out at most once (the claim deletes it in the same
+-- transaction that returns it).
+CREATE TABLE one_time_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id, algorithm, key_id),
+    FOREIGN KEY (user_id, device_id) REFERENCES devices(user_id, device_id) ON DELETE CASCADE
+) STRICT;
+
+-- Fallback keys: one per algorithm, reused when one-time keys run out; `used` feeds
+-- device_unused_fallback_key_types.
+CREATE TABLE fallback_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, device_id, algorithm),
+    FOREIGN KEY (user_id, device_id) REFERENCES devices(user_id, device_id) ON DELETE CASCADE
+) STRICT;
+
+-- key_type: master, self_signing, user_signing.
+CREATE TABLE cross_signing_keys (
+    user_id TEXT NOT NULL,
+    key_type TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, key_type)
+) STRICT;
+
+-- Signatures uploaded through /keys/signatures/upload, merged into query results.
+-- target_key_id is a device ID or a cross-signing public key (base64).
+CREATE TABLE key_signatures (
+    target_user TEXT NOT NULL,
+    target_key_id TEXT NOT NULL,
+    signer_user TEXT NOT NULL,
+    signer_key_id TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    PRIMARY KEY (target_user, target_key_id, signer_user, signer_key_id)
+) STRICT;
+
+-- A user's devices or keys changed at stream_id: /sync device_lists.changed and
+-- /keys/changes read this.
+CREATE TABLE device_list_changes (
+    stream_id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL
+) STRICT;
+CREATE INDEX device_list_changes_user ON device_list_changes(user_id, stream_id);
+
+-- To-device inbox. A message stays until the device syncs with a `since` past its
+-- stream_id, which proves the client received it.
+CREATE TABLE to_device (
+    stream_id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    type TEXT NOT NULL,
+    content TEXT NOT NULL
+) STRICT;
+CREATE INDEX to_device_inbox ON to_device(user_id, device_id, stream_id);
+
+-- Server-side key backup.
+CREATE TABLE room_key_versions (
+    user_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    algorithm TEXT NOT NULL,
+    auth_data TEXT NOT NULL,
+    etag INTEGER NOT NULL DEFAULT 0,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, version)
+) STRICT;
+CREATE TABLE room_keys (
+    user_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    room_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, version, room_id, session_id)
+) STRICT;
+"#,
+    // 3: media. Blobs live on disk under media/, named by their blake3 hash, so identical
+    // uploads are stored once; this table maps media IDs to them.
+    r#"
+CREATE TABLE media (
+    media_id TEXT PRIMARY KEY,
+    uploader TEXT NOT NULL,
+    content_type TEXT,
+    filename TEXT,
+    size INTEGER,
+    -- NULL while reserved by POST /_matrix/media/v1/create and not yet uploaded.
+    blake3 TEXT,
+    created_ts INTEGER NOT NULL,
+    unused_expires_ts INTEGER
+) STRICT;
+CREATE INDEX media_blob ON media(blake3);
+"#,
 ];
 
 /// Brings the schema up to date.

@@ -141,7 +141,7 @@ async fn send_event(
     s.db.write(move |tx| {
         let (user, device) = (auth.user_id.as_str(), auth.device_id.as_str());
         if let Some(t) = &txn
-            && let Some(done) = txn_result(tx, user, device, t.kind, "nope")?
+            && let Some(done) = txn_result(tx, user, device, t.kind, &t.key)?
         {
             return Ok(done);
         }

@@ -177,13 +177,17 @@ struct Timeline {
 }
 
 impl Timeline {
+    /// The stream position just before the first event (the window's end when empty).
+    fn start(&self, w: &Window) -> i64 {
+        self.events.first().map_or(w.upto, |e| e.stream_ordering - 1)
+    }
+
     fn render(&self, ctx: &Ctx<'_>, w: &Window) -> Result<Value> {
-        // The gap just before the first event: /messages from there continues backwards.
-        let prev = self.events.first().map_or(w.upto, |e| e.stream_ordering - 1);
         Ok(json!({
             "events": client_events(ctx.conn, &self.events, Some(ctx.viewer()), false)?,
             "limited": self.limited,
-            "prev_batch": stream_token(prev),
+            // /messages backwards from here continues where the timeline starts.
+            "prev_batch": stream_token(self.start(w)),
         }))
     }
 }
@@ -240,7 +244,7 @@ fn timeline(ctx: &Ctx<'_>, room: &str, w: &Window) -> Result<Timeline> {
 /// The `state` of a room: the state at the start of the timeline, in full or only the
 /// entries set in the gap between `since` and the timeline (nothing when there is none).
 fn state(ctx: &Ctx<'_>, room: &str, tl: &Timeline, w: &Window, full: bool) -> Result<Vec<Value>> {
-    let start = tl.events.first().map_or(w.upto, |e| e.stream_ordering - 1);
+    let start = tl.start(w);
     let gap = if full {
         None
     } else {
