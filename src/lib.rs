@@ -15,5 +15,6 @@ pub mod pdu;
 pub mod room;
 pub mod services;
 pub mod storage;
+pub mod typing;
 
 pub use error::{Error, Result};

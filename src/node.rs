@@ -21,6 +21,7 @@ pub struct Node {
     pub client_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 /// Opens the data dir (creating key and database on first start) without serving.
@@ -30,7 +31,7 @@ pub fn open_services(config: Config) -> anyhow::Result<Services> {
     let identity = Identity::load_or_create(&config.data_dir)?;
     let db = Db::open(&config.data_dir, config.sqlite_full_sync, Notifier::default())?;
     Ok(Services {
-        typing: api::ephemeral::Typing::new(db.notifier().clone()),
+        typing: Arc::new(crate::typing::Typing::new(db.notifier().clone())),
         rate_limiter: api::ratelimit::RateLimiter::default(),
         config,
         identity,
@@ -58,12 +59,14 @@ impl Node {
                 tracing::error!(error = %e, "client API server failed");
             }
         });
+        let background = vec![tokio::spawn(crate::typing::run_expiry(services.typing.clone()))];
         tracing::info!(server_name = %services.server_name(), %client_addr, "node started");
         Ok(Node {
             services,
             client_addr,
             shutdown: Some(tx),
             task,
+            background,
         })
     }
 
@@ -73,6 +76,9 @@ impl Node {
 
     /// Stops serving: in-flight requests get a second to finish.
     pub async fn stop(mut self) {
+        for t in &self.background {
+            t.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -3,17 +3,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::api::ephemeral::Typing;
 use crate::api::ratelimit::RateLimiter;
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::storage::Db;
+use crate::typing::Typing;
 
 pub struct Services {
     pub config: Config,
     pub identity: Identity,
     pub db: Db,
-    pub typing: Typing,
+    pub typing: Arc<Typing>,
     pub rate_limiter: RateLimiter,
     pub started: Instant,
 }

@@ -2,9 +2,7 @@
 //! receipts (`POST /rooms/{roomId}/receipt/{receiptType}/{eventId}`) and read markers
 //! (`POST /rooms/{roomId}/read_markers`).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -18,7 +16,6 @@ use super::account::now_ms;
 use super::account_data::{ensure_self, parse_room_id};
 use super::extract::{Auth, JsonBody};
 use super::{client, empty};
-use crate::notifier::Notifier;
 use crate::services::AppState;
 use crate::storage::WriteTx;
 use crate::storage::user_data::{self as store, UNTHREADED};
@@ -169,54 +166,4 @@ async fn read_markers(
     })
     .await?;
     Ok(empty())
-}
-
-/// Longest typing timeout a client may ask for; typing is a hint, not state.
-pub const MAX_TYPING: Duration = Duration::from_secs(120);
-
-/// Who is typing where: in memory only, as the spec allows (typing is ephemeral).
-/// Every change bumps the notifier's typing serial so long-polls wake.
-pub struct Typing {
-    notifier: Notifier,
-    rooms: Mutex<HashMap<String, HashMap<String, Instant>>>,
-}
-
-impl Typing {
-    pub fn new(notifier: Notifier) -> Self {
-        Self {
-            notifier,
-            rooms: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Marks `user` typing in `room` until `timeout` passes, or stops it.
-    pub fn set(&self, room: &str, user: &str, typing: Option<Duration>) {
-        if let Ok(mut rooms) = self.rooms.lock() {
-            let users = rooms.entry(room.to_owned()).or_default();
-            match typing {
-                Some(t) => {
-                    users.insert(user.to_owned(), Instant::now() + t.min(MAX_TYPING));
-                }
-                None => {
-                    users.remove(user);
-                }
-            }
-        }
-        self.notifier.bump_typing();
-    }
-
-    /// The users typing in `room` now (expired entries dropped).
-    pub fn users_in(&self, room: &str) -> Vec<String> {
-        let now = Instant::now();
-        let Ok(mut rooms) = self.rooms.lock() else {
-            return Vec::new();
-        };
-        let Some(users) = rooms.get_mut(room) else {
-            return Vec::new();
-        };
-        users.retain(|_, until| *until > now);
-        let mut out: Vec<String> = users.keys().cloned().collect();
-        out.sort();
-        out
-    }
 }

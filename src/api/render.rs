@@ -45,13 +45,15 @@ pub fn client_event(
 fn state_before(conn: &Connection, ev: &StoredEvent, state_key: &str) -> Result<Option<StoredEvent>> {
     // The state before an event is the state after its (first) prev event: exact for
     // local events, which are built on the single current state.
-    let Some(prev) = ev.pdu.prev_events.first() else { return Ok(None) };
+    let Some(prev) = ev.pdu.prev_events.first() else {
+        return Ok(None);
+    };
     let Some(group) = crate::storage::events::state_group_of(conn, prev.as_str())? else {
         return Ok(None);
     };
-    let state = crate::storage::state::load_group(conn, group)?;
-    match state.get(&(ev.pdu.kind.to_string(), state_key.to_owned())) {
-        Some(id) if id != ev.pdu.event_id.as_str() => get_event(conn, id),
+    let kind = ev.pdu.kind.to_string();
+    match crate::storage::events::state_entry_at(conn, group, &kind, state_key)? {
+        Some(id) if id != ev.pdu.event_id.as_str() => get_event(conn, &id),
         _ => Ok(None),
     }
 }

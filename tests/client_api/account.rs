@@ -132,12 +132,33 @@ async fn registration_errors_change_nothing() {
             .await;
         assert_err(&res, 400, "M_INVALID_USERNAME");
     }
-    let avail = n.call(Method::GET, "/_matrix/client/v3/register/available?username=bob", None, None).await;
+    let avail = n
+        .call(
+            Method::GET,
+            "/_matrix/client/v3/register/available?username=bob",
+            None,
+            None,
+        )
+        .await;
     assert_eq!(avail, (200, json!({"available": true})));
-    let taken = n.call(Method::GET, "/_matrix/client/v3/register/available?username=alice", None, None).await;
+    let taken = n
+        .call(
+            Method::GET,
+            "/_matrix/client/v3/register/available?username=alice",
+            None,
+            None,
+        )
+        .await;
     assert_err(&taken, 400, "M_USER_IN_USE");
     // The r0 alias serves the same endpoint.
-    let r0 = n.call(Method::GET, "/_matrix/client/r0/register/available?username=bob", None, None).await;
+    let r0 = n
+        .call(
+            Method::GET,
+            "/_matrix/client/r0/register/available?username=bob",
+            None,
+            None,
+        )
+        .await;
     assert_eq!(r0.0, 200);
     // Bad JSON and non-JSON bodies.
     let res = n
@@ -151,11 +172,23 @@ async fn registration_errors_change_nothing() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["errcode"], "M_NOT_JSON");
     let res = n
-        .call(Method::POST, "/_matrix/client/v3/register", None, Some(json!({"username": 5})))
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/register",
+            None,
+            Some(json!({"username": 5})),
+        )
         .await;
     assert_err(&res, 400, "M_BAD_JSON");
     // Nothing was created by the failures.
-    let avail = n.call(Method::GET, "/_matrix/client/v3/register/available?username=bob", None, None).await;
+    let avail = n
+        .call(
+            Method::GET,
+            "/_matrix/client/v3/register/available?username=bob",
+            None,
+            None,
+        )
+        .await;
     assert_eq!(avail.0, 200);
 }
 
@@ -166,9 +199,19 @@ async fn registration_token_required_off_loopback() {
     config.registration_open = false;
     config.registration_token = Some("sesame".into());
     let node = meshserver::node::Node::start(config).await.unwrap();
-    let n = TestNode { url: node.client_url(), node: Some(node), dir, http: reqwest::Client::new() };
+    let n = TestNode {
+        url: node.client_url(),
+        node: Some(node),
+        dir,
+        http: reqwest::Client::new(),
+    };
     let res = n
-        .call(Method::POST, "/_matrix/client/v3/register", None, Some(json!({"username": "a", "password": "p"})))
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/register",
+            None,
+            Some(json!({"username": "a", "password": "p"})),
+        )
         .await;
     assert_eq!(res.0, 401);
     assert_eq!(res.1["flows"][0]["stages"][0], "m.login.registration_token");
@@ -233,46 +276,104 @@ async fn devices_logout_and_password() {
     assert_eq!(list["devices"].as_array().unwrap().len(), 2);
 
     let path = format!("/_matrix/client/v3/devices/{second_device}");
-    assert_eq!(n.put(&path, &alice.token, json!({"display_name": "phone"})).await.0, 200);
+    assert_eq!(
+        n.put(&path, &alice.token, json!({"display_name": "phone"}))
+            .await
+            .0,
+        200
+    );
     let (s, dev) = n.get(&path, &alice.token).await;
     assert_eq!((s, dev["display_name"].clone()), (200, json!("phone")));
-    assert_err(&n.get("/_matrix/client/v3/devices/NOPE", &alice.token).await, 404, "M_NOT_FOUND");
-    assert_err(&n.put("/_matrix/client/v3/devices/NOPE", &alice.token, json!({})).await, 404, "M_NOT_FOUND");
+    assert_err(
+        &n.get("/_matrix/client/v3/devices/NOPE", &alice.token).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_err(
+        &n.put("/_matrix/client/v3/devices/NOPE", &alice.token, json!({}))
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
 
     // Deleting a device needs User-Interactive Auth by password.
-    let res = n.call(Method::DELETE, &path, Some(&alice.token), Some(json!({}))).await;
+    let res = n
+        .call(Method::DELETE, &path, Some(&alice.token), Some(json!({})))
+        .await;
     assert_eq!(res.0, 401);
     assert_eq!(res.1["flows"][0]["stages"][0], "m.login.password");
     let session = res.1["session"].as_str().unwrap().to_owned();
     let wrong = json!({"auth": {"type": "m.login.password", "session": session, "password": "bad",
         "identifier": {"type": "m.id.user", "user": "alice"}}});
-    let res = n.call(Method::DELETE, &path, Some(&alice.token), Some(wrong)).await;
+    let res = n
+        .call(Method::DELETE, &path, Some(&alice.token), Some(wrong))
+        .await;
     assert_eq!(res.0, 401);
     assert_eq!(res.1["errcode"], "M_FORBIDDEN");
     let right = json!({"auth": {"type": "m.login.password", "session": session, "password": "pw-alice",
         "identifier": {"type": "m.id.user", "user": "alice"}}});
-    assert_eq!(n.call(Method::DELETE, &path, Some(&alice.token), Some(right)).await.0, 200);
-    assert_err(&n.get("/_matrix/client/v3/account/whoami", &second_token).await, 401, "M_UNKNOWN_TOKEN");
+    assert_eq!(
+        n.call(Method::DELETE, &path, Some(&alice.token), Some(right))
+            .await
+            .0,
+        200
+    );
+    assert_err(
+        &n.get("/_matrix/client/v3/account/whoami", &second_token).await,
+        401,
+        "M_UNKNOWN_TOKEN",
+    );
 
     // Password change logs out the other devices by default.
     let (_, third) = login(&n, "alice", "pw-alice").await;
     let third_token = third["access_token"].as_str().unwrap().to_owned();
     let change = json!({"new_password": "new-pw", "auth": {"type": "m.login.password", "password": "pw-alice",
         "identifier": {"type": "m.id.user", "user": "alice"}}});
-    assert_eq!(n.post("/_matrix/client/v3/account/password", &alice.token, change).await.0, 200);
-    assert_err(&n.get("/_matrix/client/v3/account/whoami", &third_token).await, 401, "M_UNKNOWN_TOKEN");
-    assert_eq!(n.get("/_matrix/client/v3/account/whoami", &alice.token).await.0, 200);
+    assert_eq!(
+        n.post("/_matrix/client/v3/account/password", &alice.token, change)
+            .await
+            .0,
+        200
+    );
+    assert_err(
+        &n.get("/_matrix/client/v3/account/whoami", &third_token).await,
+        401,
+        "M_UNKNOWN_TOKEN",
+    );
+    assert_eq!(
+        n.get("/_matrix/client/v3/account/whoami", &alice.token).await.0,
+        200
+    );
     assert_err(&login(&n, "alice", "pw-alice").await, 403, "M_FORBIDDEN");
     assert_eq!(login(&n, "alice", "new-pw").await.0, 200);
 
     // logout ends this token; logout/all ends every token.
-    assert_eq!(n.post("/_matrix/client/v3/logout", &alice.token, json!({})).await.0, 200);
-    assert_err(&n.get("/_matrix/client/v3/account/whoami", &alice.token).await, 401, "M_UNKNOWN_TOKEN");
+    assert_eq!(
+        n.post("/_matrix/client/v3/logout", &alice.token, json!({}))
+            .await
+            .0,
+        200
+    );
+    assert_err(
+        &n.get("/_matrix/client/v3/account/whoami", &alice.token).await,
+        401,
+        "M_UNKNOWN_TOKEN",
+    );
     let (_, a) = login(&n, "alice", "new-pw").await;
     let (_, b) = login(&n, "alice", "new-pw").await;
-    let (ta, tb) = (a["access_token"].as_str().unwrap(), b["access_token"].as_str().unwrap());
-    assert_eq!(n.post("/_matrix/client/v3/logout/all", ta, json!({})).await.0, 200);
-    assert_err(&n.get("/_matrix/client/v3/account/whoami", tb).await, 401, "M_UNKNOWN_TOKEN");
+    let (ta, tb) = (
+        a["access_token"].as_str().unwrap(),
+        b["access_token"].as_str().unwrap(),
+    );
+    assert_eq!(
+        n.post("/_matrix/client/v3/logout/all", ta, json!({})).await.0,
+        200
+    );
+    assert_err(
+        &n.get("/_matrix/client/v3/account/whoami", tb).await,
+        401,
+        "M_UNKNOWN_TOKEN",
+    );
 }
 
 #[tokio::test]
@@ -282,7 +383,9 @@ async fn discovery_and_unknown_endpoints() {
     let (s, v) = n.call(Method::GET, "/_matrix/client/versions", None, None).await;
     assert_eq!(s, 200);
     assert!(v["versions"].as_array().unwrap().iter().any(|x| x == "v1.11"));
-    let (s, wk) = n.call(Method::GET, "/.well-known/matrix/client", None, None).await;
+    let (s, wk) = n
+        .call(Method::GET, "/.well-known/matrix/client", None, None)
+        .await;
     assert_eq!(s, 200);
     assert!(wk["m.homeserver"]["base_url"].is_string());
     let (s, caps) = n.get("/_matrix/client/v3/capabilities", &alice.token).await;
@@ -292,13 +395,23 @@ async fn discovery_and_unknown_endpoints() {
     assert_eq!(s, 200);
     let overrides = rules["global"]["override"].as_array().expect("override rules");
     assert!(overrides.iter().any(|r| r["rule_id"] == ".m.rule.master"));
-    assert_eq!(n.get("/_matrix/client/v3/pushers", &alice.token).await, (200, json!({"pushers": []})));
+    assert_eq!(
+        n.get("/_matrix/client/v3/pushers", &alice.token).await,
+        (200, json!({"pushers": []}))
+    );
     let (s, info) = n.call(Method::GET, "/_meshserver/v1/node", None, None).await;
     assert_eq!(s, 200);
     assert_eq!(info["server_name"], n.server_name());
     assert!(info["version"].is_string() && info["client_url"].is_string());
     let res = n.get("/_matrix/client/v3/no/such/thing", &alice.token).await;
     assert_err(&res, 404, "M_UNRECOGNIZED");
-    let res = n.call(Method::DELETE, "/_matrix/client/v3/account/whoami", Some(&alice.token), None).await;
+    let res = n
+        .call(
+            Method::DELETE,
+            "/_matrix/client/v3/account/whoami",
+            Some(&alice.token),
+            None,
+        )
+        .await;
     assert_err(&res, 405, "M_UNRECOGNIZED");
 }

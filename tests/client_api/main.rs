@@ -4,8 +4,8 @@
 mod common;
 
 mod account;
-mod persistence;
-mod user_data;
 mod events;
+mod persistence;
 mod rooms;
 mod sync;
+mod user_data;

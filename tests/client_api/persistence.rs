@@ -10,7 +10,10 @@ use crate::common::*;
 
 async fn messages(n: &TestNode, user: &User, room: &str) -> Vec<String> {
     let (status, body) = n
-        .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(room)), &user.token)
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(room)),
+            &user.token,
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     body["chunk"]
@@ -61,7 +64,10 @@ async fn restart_keeps_users_tokens_rooms_and_messages() {
     // A new message after restart chains onto the old ones.
     let (s, b) = n
         .put(
-            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/after", enc(&room)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/after",
+                enc(&room)
+            ),
             &alice.token,
             json!({"msgtype": "m.text", "body": "after"}),
         )
@@ -90,7 +96,11 @@ fn spawn_node(dir: &std::path::Path) -> (Proc, String) {
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).expect("reads banner");
-    let url = line.split_whitespace().last().expect("banner names the URL").to_owned();
+    let url = line
+        .split_whitespace()
+        .last()
+        .expect("banner names the URL")
+        .to_owned();
     (Proc(child), url)
 }
 
@@ -123,7 +133,10 @@ async fn acknowledged_writes_survive_kill_9() {
     let mut acked = Vec::new();
     for i in 0..30 {
         let res = http
-            .put(format!("{url}/_matrix/client/v3/rooms/{}/send/m.room.message/k{i}", enc(&room)))
+            .put(format!(
+                "{url}/_matrix/client/v3/rooms/{}/send/m.room.message/k{i}",
+                enc(&room)
+            ))
             .bearer_auth(&token)
             .json(&json!({"msgtype": "m.text", "body": format!("k{i}")}))
             .send()
@@ -141,7 +154,11 @@ async fn acknowledged_writes_survive_kill_9() {
     let (_proc2, url2) = spawn_node(dir.path());
     for id in &acked {
         let res = http
-            .get(format!("{url2}/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(id)))
+            .get(format!(
+                "{url2}/_matrix/client/v3/rooms/{}/event/{}",
+                enc(&room),
+                enc(id)
+            ))
             .bearer_auth(&token)
             .send()
             .await

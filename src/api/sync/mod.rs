@@ -23,13 +23,13 @@ use serde_json::{Value, json};
 
 use super::account::now_ms;
 use super::client;
-use super::ephemeral::Typing;
 use super::extract::Auth;
 use super::render::Viewer;
 use super::room_events::{parse_stream_token, query_map};
 use crate::notifier::Position;
 use crate::services::AppState;
 use crate::storage::user_data::{self, Presence};
+use crate::typing::Typing;
 use crate::{Error, Result};
 
 pub fn add(r: Router<AppState>) -> Router<AppState> {

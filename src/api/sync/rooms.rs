@@ -273,15 +273,15 @@ fn state(ctx: &Ctx<'_>, room: &str, tl: &Timeline, w: &Window, full: bool) -> Re
     client_events(ctx.conn, &events, Some(ctx.viewer()), false)
 }
 
-/// Typing and receipts. Typing is in memory: a delta carries it whenever the typing serial
-/// moved (the serial is node-wide, so unchanged rooms repeat their unchanged list).
+/// Typing and receipts. Typing is in memory: a delta carries a room's list when that room's
+/// typing serial moved past the token's.
 fn ephemeral(ctx: &Ctx<'_>, room: &str, delta: bool) -> Result<Vec<Value>> {
     let f = &ctx.filter.room.ephemeral;
     let mut out = Vec::new();
     if room_kind_matches(f, room, "m.typing") {
         let users = ctx.typing.users_in(room);
         let send = match ctx.since {
-            Some(s) if delta => s.typing != Some(ctx.pos.typing),
+            Some(s) if delta => s.typing.is_none_or(|t| ctx.typing.room_serial(room) > t),
             _ => !users.is_empty(),
         };
         if send {
