@@ -33,6 +33,9 @@ pub struct Settings {
     /// Maximum request body size in bytes for the Client-Server API.
     #[arg(long, env = "MESHSERVER_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
+    /// Maximum size in bytes of one media upload (default 50 MiB).
+    #[arg(long, env = "MESHSERVER_MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<u64>,
 }
 
 impl Settings {
@@ -45,6 +48,7 @@ impl Settings {
             registration_token: self.registration_token.or(other.registration_token),
             sqlite_synchronous: self.sqlite_synchronous.or(other.sqlite_synchronous),
             max_request_bytes: self.max_request_bytes.or(other.max_request_bytes),
+            max_upload_bytes: self.max_upload_bytes.or(other.max_upload_bytes),
         }
     }
 }
@@ -58,6 +62,7 @@ pub struct Config {
     pub registration_token: Option<String>,
     pub sqlite_full_sync: bool,
     pub max_request_bytes: usize,
+    pub max_upload_bytes: u64,
 }
 
 impl Config {
@@ -96,6 +101,7 @@ impl Config {
             registration_token: s.registration_token,
             sqlite_full_sync,
             max_request_bytes: s.max_request_bytes.unwrap_or(1024 * 1024),
+            max_upload_bytes: s.max_upload_bytes.unwrap_or(50 * 1024 * 1024),
         })
     }
 

@@ -29,6 +29,8 @@ pub fn open_services(config: Config) -> anyhow::Result<Services> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let identity = Identity::load_or_create(&config.data_dir)?;
+    // Half-written uploads from a crash are never referenced: clear them.
+    let _ = std::fs::remove_dir_all(config.data_dir.join("media").join("tmp"));
     let db = Db::open(&config.data_dir, config.sqlite_full_sync, Notifier::default())?;
     Ok(Services {
         typing: Arc::new(crate::typing::Typing::new(db.notifier().clone())),

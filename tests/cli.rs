@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshserver");
 /// Every variable the binary reads; cleared so the caller's environment cannot leak in.
-const ENV_VARS: [&str; 7] = [
+const ENV_VARS: [&str; 8] = [
     "MESHSERVER_CONFIG",
     "MESHSERVER_DATA_DIR",
     "MESHSERVER_CLIENT_LISTEN",
@@ -19,6 +19,7 @@ const ENV_VARS: [&str; 7] = [
     "MESHSERVER_REGISTRATION_TOKEN",
     "MESHSERVER_SQLITE_SYNCHRONOUS",
     "MESHSERVER_MAX_REQUEST_BYTES",
+    "MESHSERVER_MAX_UPLOAD_BYTES",
 ];
 /// Generous upper bound for a debug node to start answering on a loaded machine.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -250,6 +251,21 @@ async fn user_add_creates_an_account_a_running_node_accepts() {
     std::fs::write(&pw_file, "\n").expect("write empty password");
     assert!(!add("carol").status.success(), "an empty password was accepted");
 
+    // Without --password-file the password is the first line of stdin.
+    let mut child = meshserver(&["user", "add", "dave", "--data-dir", path_str(&data)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn user add");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin piped");
+        stdin.write_all(b"from stdin\n").expect("write password");
+    }
+    let out = child.wait_with_output().expect("user add finishes");
+    assert_eq!(assert_success(&out).trim(), format!("@dave:{server_name}"));
+
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let listen = format!("127.0.0.1:{port}");
@@ -277,6 +293,10 @@ async fn user_add_creates_an_account_a_running_node_accepts() {
         (403, Some("M_FORBIDDEN")),
         "{body}"
     );
+    let (status, body) = node
+        .post("/_matrix/client/v3/login", login("dave", "from stdin"))
+        .await;
+    assert_eq!(status, 200, "{body}");
     let (status, body) = node
         .post("/_matrix/client/v3/login", login("bob", "correct horse"))
         .await;

@@ -13,6 +13,8 @@ use super::extract::{Auth, JsonBody};
 use super::{client, empty};
 use crate::services::AppState;
 use crate::storage::accounts as store;
+use crate::storage::e2ee::device_ids;
+use crate::storage::sync::remove_devices;
 use crate::{Error, Result};
 
 pub fn add(r: Router<AppState>) -> Router<AppState> {
@@ -325,7 +327,7 @@ async fn login(State(s): State<AppState>, JsonBody(body): JsonBody<Value>) -> Re
 }
 
 /// User-Interactive Auth by password, for the endpoints that require it.
-async fn require_password_uia(s: &AppState, auth: &Auth, uia: Option<&Value>) -> Result<()> {
+pub(crate) async fn require_password_uia(s: &AppState, auth: &Auth, uia: Option<&Value>) -> Result<()> {
     let session = uia.and_then(|a| a.get("session")).and_then(Value::as_str);
     let Some(uia) = uia else {
         return Err(uia_challenge("m.login.password", None, None));
@@ -354,7 +356,7 @@ async fn require_password_uia(s: &AppState, auth: &Auth, uia: Option<&Value>) ->
 
 /// `POST /_matrix/client/v3/logout`
 async fn logout(State(s): State<AppState>, auth: Auth) -> Result<axum::response::Response> {
-    s.db.write(move |tx| store::delete_device(tx, auth.user_id.as_str(), &auth.device_id))
+    s.db.write(move |tx| remove_devices(tx, auth.user_id.as_str(), &[auth.device_id]))
         .await?;
     Ok(empty())
 }
@@ -362,8 +364,8 @@ async fn logout(State(s): State<AppState>, auth: Auth) -> Result<axum::response:
 /// `POST /_matrix/client/v3/logout/all`
 async fn logout_all(State(s): State<AppState>, auth: Auth) -> Result<axum::response::Response> {
     s.db.write(move |tx| {
-        tx.execute("DELETE FROM devices WHERE user_id = ?1", [auth.user_id.as_str()])?;
-        Ok(())
+        let all = device_ids(tx, auth.user_id.as_str())?;
+        remove_devices(tx, auth.user_id.as_str(), &all)
     })
     .await?;
     Ok(empty())
@@ -397,10 +399,9 @@ async fn change_password(
     s.db.write(move |tx| {
         store::set_password_hash(tx, auth.user_id.as_str(), &hash)?;
         if body.logout_devices {
-            tx.execute(
-                "DELETE FROM devices WHERE user_id = ?1 AND device_id != ?2",
-                [auth.user_id.as_str(), &auth.device_id],
-            )?;
+            let mut others = device_ids(tx, auth.user_id.as_str())?;
+            others.retain(|d| *d != auth.device_id);
+            remove_devices(tx, auth.user_id.as_str(), &others)?;
         }
         Ok(())
     })
@@ -505,7 +506,7 @@ async fn delete_device(
         return Err(Error::not_found("Unknown device"));
     }
     require_password_uia(&s, &auth, body.auth.as_ref()).await?;
-    s.db.write(move |tx| store::delete_device(tx, auth.user_id.as_str(), &device_id))
+    s.db.write(move |tx| remove_devices(tx, auth.user_id.as_str(), &[device_id]))
         .await?;
     Ok(empty())
 }
@@ -517,12 +518,7 @@ async fn delete_devices(
     JsonBody(body): JsonBody<DeleteBody>,
 ) -> Result<axum::response::Response> {
     require_password_uia(&s, &auth, body.auth.as_ref()).await?;
-    s.db.write(move |tx| {
-        for d in &body.devices {
-            store::delete_device(tx, auth.user_id.as_str(), d)?;
-        }
-        Ok(())
-    })
-    .await?;
+    s.db.write(move |tx| remove_devices(tx, auth.user_id.as_str(), &body.devices))
+        .await?;
     Ok(empty())
 }

@@ -3,9 +3,12 @@
 
 pub mod account;
 pub mod account_data;
+pub mod aggregation;
 pub mod ephemeral;
 pub mod extract;
 pub mod filter;
+pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod misc;
 pub mod profile;
@@ -13,7 +16,9 @@ pub mod ratelimit;
 pub mod render;
 pub mod room_events;
 pub mod rooms;
+pub mod startup;
 pub mod sync;
+pub mod to_device;
 
 use std::time::Instant;
 
@@ -50,6 +55,10 @@ pub fn router(state: AppState) -> Router {
     r = ephemeral::add(r);
     r = account_data::add(r);
     r = profile::add(r);
+    r = keys::add(r);
+    r = media::add(r);
+    r = to_device::add(r);
+    r = startup::add(r);
     r.fallback(|| async { Error::unrecognized() })
         .method_not_allowed_fallback(|| async { Error::method_not_allowed() })
         .layer(axum::middleware::from_fn(log_request))

@@ -15,8 +15,22 @@ pub struct Viewer<'a> {
 }
 
 /// The client form of `ev`. `include_room_id` is false inside /sync, where the room is the
-/// map key. State events get `prev_content` and `replaces_state` from the state before.
+/// map key. State events get `prev_content` and `replaces_state` from the state before;
+/// other events their bundled aggregations (`unsigned.m.relations`).
 pub fn client_event(
+    conn: &Connection,
+    ev: &StoredEvent,
+    viewer: Option<Viewer<'_>>,
+    include_room_id: bool,
+) -> Result<Value> {
+    client_events(conn, std::slice::from_ref(ev), viewer, include_room_id)?
+        .pop()
+        .ok_or_else(|| crate::Error::internal("event not rendered"))
+}
+
+/// [`client_event`] without bundled aggregations, which are computed for a whole batch at
+/// once (see `api::aggregation`).
+pub fn plain_client_event(
     conn: &Connection,
     ev: &StoredEvent,
     viewer: Option<Viewer<'_>>,
@@ -59,13 +73,17 @@ fn state_before(conn: &Connection, ev: &StoredEvent, state_key: &str) -> Result<
 }
 
 /// Renders a list, skipping nothing: an event that cannot be rendered is a bug, not input.
+/// Bundled aggregations for the whole list take a fixed number of queries, not one per event.
 pub fn client_events(
     conn: &Connection,
     evs: &[StoredEvent],
     viewer: Option<Viewer<'_>>,
     include_room_id: bool,
 ) -> Result<Vec<Value>> {
-    evs.iter()
-        .map(|e| client_event(conn, e, viewer, include_room_id))
-        .collect()
+    let mut out = evs
+        .iter()
+        .map(|e| plain_client_event(conn, e, viewer, include_room_id))
+        .collect::<Result<Vec<_>>>()?;
+    crate::api::aggregation::bundle_into(conn, evs, &mut out, viewer, include_room_id)?;
+    Ok(out)
 }

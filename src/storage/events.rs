@@ -232,3 +232,139 @@ pub fn relations(conn: &Connection, q: &RelationQuery<'_>) -> Result<Vec<StoredE
     )?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
+
+/// Events by ID in stream order; IDs the node does not hold are skipped. One query for
+/// the whole list.
+pub fn get_events(conn: &Connection, event_ids: &[String]) -> Result<Vec<StoredEvent>> {
+    if event_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = serde_json::to_string(event_ids)?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN (SELECT value FROM json_each(?1)) \
+         ORDER BY stream_ordering"
+    ))?;
+    let rows = stmt.query_map([ids], row_to_event)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The ID of the newest accepted event of a room.
+pub fn latest_event_id(conn: &Connection, room_id: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT event_id FROM events WHERE room_id = ?1 AND soft_failed = 0 \
+             ORDER BY stream_ordering DESC LIMIT 1",
+        )?
+        .query_row([room_id], |r| r.get(0))
+        .optional()?)
+}
+
+/// Which children of a batch of parents (all in one room) a reader may count: accepted,
+/// unredacted, at or below stream position `until`, not sent by an ignored user.
+pub struct ChildQuery<'a> {
+    pub room_id: &'a str,
+    pub parents: &'a [String],
+    pub until: i64,
+    /// The reader, for `m.thread` participation.
+    pub reader: Option<&'a str>,
+    pub ignored: &'a [String],
+}
+
+/// One aggregated relation of a parent: for `m.thread` the latest child with the count
+/// and whether the reader sent any; for `m.replace` the most recent valid edit; for
+/// `m.reference` one row per child.
+#[derive(Debug, Clone)]
+pub struct ChildSummary {
+    pub parent: String,
+    pub rel_type: String,
+    pub event_id: String,
+    pub count: i64,
+    pub reader_sent: bool,
+}
+
+/// The relations the spec aggregates (`m.thread`, `m.replace`, `m.reference`) for a batch
+/// of parents, in one query. Edits count only when valid (same sender and type as an
+/// unredacted, non-state original that is not itself an edit; `m.new_content` present
+/// unless encrypted); the most recent is by `origin_server_ts`, then event ID.
+pub fn child_summaries(conn: &Connection, q: &ChildQuery<'_>) -> Result<Vec<ChildSummary>> {
+    if q.parents.is_empty() {
+        return Ok(Vec::new());
+    }
+    let parents = serde_json::to_string(q.parents)?;
+    let ignored = serde_json::to_string(q.ignored)?;
+    let mut stmt = conn.prepare_cached(
+        // CROSS JOIN and the unary `+`s pin the plan to one `events_relates` lookup per
+        // parent: without statistics SQLite would rather walk the room's whole timeline.
+        "WITH kids AS ( \
+           SELECT e.* FROM json_each(?1) p CROSS JOIN events e ON e.relates_to = p.value \
+           WHERE +e.room_id = ?2 AND e.rel_type IN ('m.thread', 'm.replace', 'm.reference') \
+           AND e.soft_failed = 0 AND e.redacted_by IS NULL AND +e.stream_ordering <= ?3) \
+         SELECT relates_to, 'm.thread', event_id, MAX(stream_ordering), COUNT(*), SUM(sender = ?4) \
+           FROM kids WHERE rel_type = 'm.thread' AND sender NOT IN (SELECT value FROM json_each(?5)) \
+           GROUP BY relates_to \
+         UNION ALL \
+         SELECT relates_to, 'm.replace', event_id, stream_ordering, 1, 0 FROM ( \
+           SELECT k.relates_to, k.event_id, k.stream_ordering, ROW_NUMBER() OVER ( \
+             PARTITION BY k.relates_to ORDER BY k.origin_server_ts DESC, k.event_id DESC) AS rn \
+           FROM kids k JOIN events p ON p.event_id = k.relates_to \
+           WHERE k.rel_type = 'm.replace' AND k.state_key IS NULL AND p.sender = k.sender \
+           AND p.type = k.type AND p.state_key IS NULL AND p.rel_type IS NOT 'm.replace' \
+           AND p.redacted_by IS NULL \
+           AND (k.type = 'm.room.encrypted' OR json_type(k.json, '$.content.\"m.new_content\"') = 'object')) \
+           WHERE rn = 1 \
+         UNION ALL \
+         SELECT relates_to, 'm.reference', event_id, stream_ordering, 1, 0 FROM kids \
+           WHERE rel_type = 'm.reference' \
+         ORDER BY 4",
+    )?;
+    let rows = stmt.query_map(params![parents, q.room_id, q.until, q.reader, ignored], |r| {
+        Ok(ChildSummary {
+            parent: r.get(0)?,
+            rel_type: r.get(1)?,
+            event_id: r.get(2)?,
+            count: r.get(4)?,
+            reader_sent: r.get::<_, Option<i64>>(5)?.unwrap_or(0) > 0,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Which thread roots of a room to list, newest thread activity first.
+pub struct ThreadQuery<'a> {
+    pub room_id: &'a str,
+    /// Only threads whose latest counted reply is at or below this stream position.
+    pub at_or_below: i64,
+    /// Replies after this stream position are not counted (the reader left then).
+    pub until: i64,
+    /// Only threads this user started or replied to.
+    pub participant: Option<&'a str>,
+    pub ignored: &'a [String],
+    pub limit: usize,
+}
+
+/// `(thread root ID, stream position of its latest counted reply)`, newest first.
+pub fn thread_roots(conn: &Connection, q: &ThreadQuery<'_>) -> Result<Vec<(String, i64)>> {
+    let ignored = serde_json::to_string(q.ignored)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT c.relates_to, MAX(c.stream_ordering) AS latest FROM events c \
+         WHERE c.room_id = ?1 AND c.rel_type = 'm.thread' AND c.soft_failed = 0 \
+         AND c.redacted_by IS NULL AND c.stream_ordering <= ?2 \
+         AND c.sender NOT IN (SELECT value FROM json_each(?3)) \
+         GROUP BY c.relates_to \
+         HAVING latest <= ?4 AND (?5 IS NULL OR SUM(c.sender = ?5) > 0 OR EXISTS ( \
+           SELECT 1 FROM events r WHERE r.event_id = c.relates_to AND r.sender = ?5)) \
+         ORDER BY latest DESC LIMIT ?6",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            q.room_id,
+            q.until,
+            ignored,
+            q.at_or_below,
+            q.participant,
+            q.limit as i64
+        ],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

@@ -292,6 +292,21 @@ CREATE TABLE media (
 ) STRICT;
 CREATE INDEX media_blob ON media(blake3);
 "#,
+    // 4: content reports for the server admins, and an index for listing a room's
+    // threads (partial: only thread replies pay for it on insert).
+    r#"
+CREATE TABLE reports (
+    id INTEGER PRIMARY KEY,
+    reporter TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    -- NULL for a report of the whole room.
+    event_id TEXT,
+    reason TEXT,
+    score INTEGER,
+    ts INTEGER NOT NULL
+) STRICT;
+CREATE INDEX events_threads ON events(room_id, stream_ordering) WHERE rel_type = 'm.thread';
+"#,
 ];
 
 /// Brings the schema up to date.

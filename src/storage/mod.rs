@@ -7,7 +7,9 @@
 //! transaction and published to the [`Notifier`] only after it commits.
 
 pub mod accounts;
+pub mod e2ee;
 pub mod events;
+pub mod media;
 mod migrations;
 pub mod rooms;
 pub mod state;

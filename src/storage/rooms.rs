@@ -143,3 +143,59 @@ pub fn member_event_ids(conn: &Connection, room_id: &str) -> Result<Vec<(String,
     let rows = stmt.query_map([room_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
+
+/// Points every local alias of `from` at `to` (room upgrades); returns how many moved.
+pub fn move_aliases(conn: &Connection, from: &str, to: &str) -> Result<usize> {
+    Ok(conn
+        .prepare_cached("UPDATE room_aliases SET room_id = ?2 WHERE room_id = ?1")?
+        .execute(params![from, to])?)
+}
+
+/// A user the directory may show: `(user_id, display name, avatar URL)`.
+pub type DirectoryEntry = (String, Option<String>, Option<String>);
+
+/// Everyone the user directory searches for `searcher`: all local users with their global
+/// profile first, then the members of rooms the searcher is joined to and of rooms that are
+/// public or world-readable, with the profile from their member event.
+pub fn user_directory_candidates(conn: &Connection, searcher: &str) -> Result<Vec<DirectoryEntry>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT user_id, displayname, avatar_url, 0 AS local FROM users \
+         UNION ALL \
+         SELECT cs.state_key, \
+           CASE WHEN json_type(e.json, '$.content.displayname') = 'text' \
+             THEN json_extract(e.json, '$.content.displayname') END, \
+           CASE WHEN json_type(e.json, '$.content.avatar_url') = 'text' \
+             THEN json_extract(e.json, '$.content.avatar_url') END, 1 \
+         FROM current_state cs JOIN events e ON e.event_id = cs.event_id \
+         WHERE cs.type = 'm.room.member' AND cs.membership = 'join' AND cs.room_id IN ( \
+           SELECT room_id FROM current_state WHERE type = 'm.room.member' AND state_key = ?1 \
+             AND membership = 'join' \
+           UNION SELECT s.room_id FROM current_state s JOIN events v ON v.event_id = s.event_id \
+             WHERE s.type = 'm.room.join_rules' AND s.state_key = '' \
+             AND json_extract(v.json, '$.content.join_rule') = 'public' \
+           UNION SELECT s.room_id FROM current_state s JOIN events v ON v.event_id = s.event_id \
+             WHERE s.type = 'm.room.history_visibility' AND s.state_key = '' \
+             AND json_extract(v.json, '$.content.history_visibility') = 'world_readable') \
+         ORDER BY 4",
+    )?;
+    let rows = stmt.query_map([searcher], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// What a user reported to the server admins (`POST /rooms/{roomId}/report[/{eventId}]`).
+pub struct Report<'a> {
+    pub reporter: &'a str,
+    pub room_id: &'a str,
+    pub event_id: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub score: Option<i64>,
+    pub ts: i64,
+}
+
+pub fn insert_report(conn: &Connection, r: &Report<'_>) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO reports (reporter, room_id, event_id, reason, score, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![r.reporter, r.room_id, r.event_id, r.reason, r.score, r.ts])?;
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! Reads behind `/sync` (a user's rooms, state at a stream position, the per-user streams
-//! between two positions) and the `filters` table.
+//! between two positions), the `filters` table, and the to-device inboxes (with what
+//! deleting a device must clear).
 //!
 //! Every read takes an upper bound `upto`: the position the response's `next_batch` names.
 //! Rows above it may already be visible in the snapshot, but belong to the next sync.
@@ -10,6 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::user_data::Presence;
+use super::{WriteTx, accounts, e2ee};
 use crate::Result;
 
 /// A local user's latest membership in a room.
@@ -184,4 +186,92 @@ pub fn get_filter(conn: &Connection, user_id: &str, filter_id: i64) -> Result<Op
         .prepare_cached("SELECT json FROM filters WHERE user_id = ?1 AND filter_id = ?2")?
         .query_row(params![user_id, filter_id], |r| r.get(0))
         .optional()?)
+}
+
+/// One queued to-device message, content as JSON text.
+#[derive(Debug, Clone)]
+pub struct ToDevice {
+    pub stream_id: i64,
+    pub sender: String,
+    pub kind: String,
+    pub content: String,
+}
+
+/// Queues a to-device message for one device, at a fresh stream position: the commit wakes
+/// the device's long-polling sync.
+pub fn put_to_device(
+    tx: &mut WriteTx<'_>,
+    user_id: &str,
+    device_id: &str,
+    sender: &str,
+    kind: &str,
+    content: &str,
+) -> Result<()> {
+    let stream_id = tx.next_stream_id()?;
+    tx.prepare_cached(
+        "INSERT INTO to_device (stream_id, user_id, device_id, sender, type, content) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![stream_id, user_id, device_id, sender, kind, content])?;
+    Ok(())
+}
+
+/// A device's queued messages with `after < stream_id <= upto`, oldest first, at most `limit`.
+pub fn to_device_between(
+    conn: &Connection,
+    user_id: &str,
+    device_id: &str,
+    after: i64,
+    upto: i64,
+    limit: usize,
+) -> Result<Vec<ToDevice>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT stream_id, sender, type, content FROM to_device \
+         WHERE user_id = ?1 AND device_id = ?2 AND stream_id > ?3 AND stream_id <= ?4 \
+         ORDER BY stream_id LIMIT ?5",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![user_id, device_id, after, upto, limit], |r| {
+        Ok(ToDevice {
+            stream_id: r.get(0)?,
+            sender: r.get(1)?,
+            kind: r.get(2)?,
+            content: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Whether the device has messages at or below `upto`: ones a sync from `upto` acknowledges.
+pub fn has_to_device_upto(conn: &Connection, user_id: &str, device_id: &str, upto: i64) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM to_device WHERE user_id = ?1 AND device_id = ?2 AND stream_id <= ?3")?
+        .exists(params![user_id, device_id, upto])?)
+}
+
+/// Deletes the device's messages at or below `upto`: the client synced from a token past
+/// them, which proves it received them.
+pub fn ack_to_device(conn: &Connection, user_id: &str, device_id: &str, upto: i64) -> Result<()> {
+    conn.prepare_cached("DELETE FROM to_device WHERE user_id = ?1 AND device_id = ?2 AND stream_id <= ?3")?
+        .execute(params![user_id, device_id, upto])?;
+    Ok(())
+}
+
+/// Deletes devices of a user with all that hangs off them: tokens and keys (by cascade),
+/// signatures of their keys, and their to-device inboxes (no foreign key: a new device
+/// reusing the ID must not read its predecessor's messages). Each deletion is
+/// recorded as a device-list change, so users sharing a room refetch the user's devices.
+/// Returns how many existed.
+pub fn remove_devices(tx: &mut WriteTx<'_>, user_id: &str, device_ids: &[String]) -> Result<usize> {
+    let mut deleted = 0;
+    for device_id in device_ids {
+        if !accounts::delete_device(tx, user_id, device_id)? {
+            continue;
+        }
+        tx.prepare_cached("DELETE FROM to_device WHERE user_id = ?1 AND device_id = ?2")?
+            .execute(params![user_id, device_id])?;
+        e2ee::forget_device(tx, user_id, device_id)?;
+        deleted += 1;
+    }
+    Ok(deleted)
 }

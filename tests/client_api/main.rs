@@ -5,7 +5,11 @@ mod common;
 
 mod account;
 mod events;
+mod keys;
+mod media;
 mod persistence;
 mod rooms;
+mod startup;
 mod sync;
+mod to_device;
 mod user_data;

@@ -5,8 +5,10 @@
 //! [`Position`] of the notifier. Everything a response holds is read from one snapshot and
 //! bounded above by that position, so the next sync, starting from it, misses nothing and
 //! repeats nothing. A long-poll recomputes after every notifier change until something
-//! relevant to the user exists or the timeout passes.
+//! relevant to the user exists or the timeout passes. A response carrying only part of a
+//! to-device backlog ends at its last message instead (see [`e2ee`]).
 
+mod e2ee;
 mod global;
 mod rooms;
 
@@ -125,6 +127,9 @@ async fn sync(State(s): State<AppState>, auth: Auth, uri: Uri) -> Result<Json<Va
         return Err(Error::invalid_param("since token is not one this server issued"));
     }
     mark_present(&s, auth.user_id.as_str(), p.set_presence).await?;
+    if let Some(since) = p.since {
+        e2ee::acknowledge(&s, &auth, since.stream).await?;
+    }
     let deadline = Instant::now() + p.timeout;
     loop {
         let pos = s.db.notifier().current();
@@ -211,10 +216,26 @@ impl Ctx<'_> {
 /// The response for one position, and whether it holds anything for the client (an empty
 /// one is worth waiting on).
 fn build(ctx: &Ctx<'_>) -> Result<(Value, bool)> {
+    let (to_device, upto) = e2ee::to_device(ctx)?;
+    // A response carrying part of a to-device backlog ends at its last message.
+    let ctx = &Ctx {
+        pos: Position {
+            stream: upto,
+            ..ctx.pos
+        },
+        ..*ctx
+    };
     let rooms = rooms::rooms(ctx)?;
     let account_data = global::account_data(ctx)?;
     let presence = global::presence(ctx)?;
-    let has_data = !rooms.is_empty() || !account_data.is_empty() || !presence.is_empty();
+    let (changed, left) = e2ee::device_lists(ctx)?;
+    let (key_counts, fallback_types) = e2ee::key_counts(ctx)?;
+    let has_data = !rooms.is_empty()
+        || !account_data.is_empty()
+        || !presence.is_empty()
+        || !to_device.is_empty()
+        || !changed.is_empty()
+        || !left.is_empty();
     let body = json!({
         "next_batch": next_batch(ctx.pos),
         "rooms": {
@@ -225,11 +246,12 @@ fn build(ctx: &Ctx<'_>) -> Result<(Value, bool)> {
         },
         "account_data": {"events": account_data},
         "presence": {"events": presence},
-        // This node has no end-to-end encryption support yet: nothing ever arrives here.
-        "to_device": {"events": []},
-        "device_lists": {"changed": [], "left": []},
-        "device_one_time_keys_count": {"signed_curve25519": 0},
-        "device_unused_fallback_key_types": [],
+        "to_device": {"events": to_device},
+        "device_lists": {"changed": changed, "left": left},
+        "device_one_time_keys_count": key_counts,
+        "device_unused_fallback_key_types": fallback_types,
+        // The name Synapse also sends, which clients from before the spec's v1.2 read.
+        "org.matrix.msc2732.device_unused_fallback_key_types": fallback_types,
     });
     Ok((body, has_data))
 }
