@@ -162,7 +162,8 @@ pub fn put_one_time_key(
     Ok(())
 }
 
-/// Unclaimed one-time keys of a device, per algorithm.
+/// Unclaimed one-time keys of a device, per algorithm. Always names `signed_curve25519`
+/// (0 if none): clients poll that count to decide when to upload more.
 pub fn one_time_key_counts(
     conn: &Connection,
     user_id: &str,
@@ -172,7 +173,9 @@ pub fn one_time_key_counts(
         "SELECT algorithm, COUNT(*) FROM one_time_keys WHERE user_id = ?1 AND device_id = ?2 GROUP BY algorithm",
     )?;
     let rows = stmt.query_map(params![user_id, device_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let mut counts: BTreeMap<String, i64> = rows.collect::<rusqlite::Result<_>>()?;
+    counts.entry("signed_curve25519".to_owned()).or_insert(0);
+    Ok(counts)
 }
 
 /// Sets the device's fallback key for `algorithm`. Re-uploading the current key keeps its

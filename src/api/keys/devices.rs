@@ -26,9 +26,6 @@ pub fn add(r: Router<AppState>) -> Router<AppState> {
     client(r, "/keys/changes", get(changes))
 }
 
-/// The algorithm every client counts one-time keys of; always reported, even at zero.
-const SIGNED_CURVE25519: &str = "signed_curve25519";
-
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct UploadBody {
@@ -150,14 +147,7 @@ async fn upload(
             store::one_time_key_counts(tx, user, device)
         })
         .await?;
-    Ok(Json(
-        json!({"one_time_key_counts": with_signed_curve25519(counts)}),
-    ))
-}
-
-fn with_signed_curve25519(mut counts: BTreeMap<String, i64>) -> BTreeMap<String, i64> {
-    counts.entry(SIGNED_CURVE25519.to_owned()).or_insert(0);
-    counts
+    Ok(Json(json!({"one_time_key_counts": counts})))
 }
 
 /// `timeout` is for remote servers, which this node does not ask yet.

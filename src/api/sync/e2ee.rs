@@ -70,11 +70,9 @@ pub(super) fn device_lists(ctx: &Ctx<'_>) -> Result<(Vec<String>, Vec<String>)> 
     }
 }
 
-/// `device_one_time_keys_count` (always naming `signed_curve25519`, which clients poll to
-/// decide when to upload more) and `device_unused_fallback_key_types`.
+/// `device_one_time_keys_count` and `device_unused_fallback_key_types`.
 pub(super) fn key_counts(ctx: &Ctx<'_>) -> Result<(Map<String, Value>, Vec<String>)> {
     let mut counts = Map::new();
-    counts.insert("signed_curve25519".into(), json!(0));
     for (algorithm, n) in one_time_key_counts(ctx.conn, ctx.user, ctx.device)? {
         counts.insert(algorithm, json!(n));
     }
