@@ -103,13 +103,21 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Install the handlers before announcing the node: a supervisor that reads the banner
+    // and signals at once must get a clean shutdown, not the default kill.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     let node = Node::start(config).await?;
     println!(
         "meshserver {} listening on {}",
         node.services.server_name(),
         node.client_url()
     );
-    tokio::signal::ctrl_c().await?;
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
     tracing::info!("shutting down");
     node.stop().await;
     Ok(())
