@@ -26,6 +26,8 @@ from nio import (
     AsyncClient,
     AsyncClientConfig,
     JoinResponse,
+    KeysClaimResponse,
+    KeysQueryResponse,
     KeysUploadResponse,
     LoginResponse,
     MegolmEvent,
@@ -171,9 +173,11 @@ class User:
             r = await c.keys_upload()
             require(isinstance(r, KeysUploadResponse), f"{self.name} keys/upload: {describe(r)}")
         if c.should_query_keys:
-            await c.keys_query()
+            r = await c.keys_query()
+            require(isinstance(r, KeysQueryResponse), f"{self.name} keys/query: {describe(r)}")
         if c.should_claim_keys:
-            await c.keys_claim(c.get_users_for_key_claiming())
+            r = await c.keys_claim(c.get_users_for_key_claiming())
+            require(isinstance(r, KeysClaimResponse), f"{self.name} keys/claim: {describe(r)}")
         return resp
 
     async def sync_until(self, what, cond, timeout_ms=1000):
@@ -196,7 +200,11 @@ def undecryptable_ids(user):
 
 async def run(base_url):
     suffix = secrets.token_hex(3)
-    store_root = tempfile.mkdtemp(prefix="nio-e2ee-")
+    with tempfile.TemporaryDirectory(prefix="nio-e2ee-") as store_root:
+        await run_in(base_url, suffix, store_root)
+
+
+async def run_in(base_url, suffix, store_root):
     alice = User(base_url, f"alice{suffix}", store_root)
     bob = User(base_url, f"bob{suffix}", store_root)
     try:
