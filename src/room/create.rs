@@ -162,7 +162,15 @@ pub fn create_room(
             req.visibility.as_deref() == Some("public")
         ])?;
     super::authorize(tx, &rules, &create)?;
-    persist(tx, identity, &rules, &create, None, false, None)?;
+    persist(
+        tx,
+        identity,
+        &rules,
+        &create,
+        None,
+        false,
+        super::Origin::Local(None),
+    )?;
 
     let send = |tx: &mut WriteTx<'_>, ev: NewEvent| append_local(tx, identity, &room_id, creator, ev, None);
 

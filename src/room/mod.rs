@@ -6,6 +6,7 @@
 //! authorisation, so the stored form is the same whatever its origin.
 
 pub mod create;
+pub mod ingest;
 pub mod resolve;
 pub mod visibility;
 
@@ -149,7 +150,7 @@ pub fn append_local(
     let pdu = sign(identity, &rules, Value::Object(obj))?;
     authorize(tx, &rules, &pdu)?;
     let before = current_group(tx, room_id.as_str())?;
-    persist(tx, identity, &rules, &pdu, before, false, txn)?;
+    persist(tx, identity, &rules, &pdu, before, false, Origin::Local(txn))?;
     Ok(pdu)
 }
 
@@ -203,9 +204,18 @@ pub fn current_group(conn: &Connection, room_id: &str) -> Result<Option<i64>> {
         .flatten())
 }
 
+/// Where an event being stored came from, which decides how the current state follows.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// Built here on the current state: the current state is the state after it.
+    Local(Option<Txn>),
+    /// Received from a peer, possibly on a fork: the current state is re-resolved over the
+    /// forward extremities.
+    Remote,
+}
+
 /// Stores an authorised event whose state before it is `before`, advancing the forward
-/// extremities. For an event built on the current state (every local event), the current
-/// state follows it. Returns the state group after the event.
+/// extremities and the current state. Returns the state group after the event.
 pub fn persist(
     tx: &mut WriteTx<'_>,
     identity: &Identity,
@@ -213,8 +223,12 @@ pub fn persist(
     pdu: &Pdu,
     before: Option<i64>,
     soft_failed: bool,
-    txn: Option<Txn>,
+    origin: Origin,
 ) -> Result<i64> {
+    let txn = match &origin {
+        Origin::Local(t) => t.clone(),
+        Origin::Remote => None,
+    };
     let room = pdu.room.as_str();
     let event_id = pdu.event_id.as_str();
     let kind = pdu.kind.to_string();
@@ -279,13 +293,18 @@ pub fn persist(
     }
     tx.prepare_cached("INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)")?
         .execute(params![room, event_id])?;
-    if let Some(sk) = &pdu.state_key {
-        upsert_current(tx, room, &kind, sk, event_id)?;
-        tx.prepare_cached("UPDATE rooms SET current_state_group = ?2 WHERE room_id = ?1")?
-            .execute(params![room, after])?;
-        if kind == "m.room.member" {
-            record_local_membership(tx, identity, pdu, sk, &content, stream)?;
+    match origin {
+        Origin::Local(_) => {
+            if let Some(sk) = &pdu.state_key {
+                upsert_current(tx, room, &kind, sk, event_id)?;
+                tx.prepare_cached("UPDATE rooms SET current_state_group = ?2 WHERE room_id = ?1")?
+                    .execute(params![room, after])?;
+                if kind == "m.room.member" {
+                    record_local_membership(tx, identity, pdu, sk, &content, stream)?;
+                }
+            }
         }
+        Origin::Remote => ingest::refresh_current_state(tx, identity, rules, room, stream)?,
     }
     if pdu.kind == TimelineEventType::RoomRedaction
         && let Some(target) = &pdu.redacts
@@ -295,7 +314,7 @@ pub fn persist(
     Ok(after)
 }
 
-fn record_local_membership(
+pub(crate) fn record_local_membership(
     conn: &Connection,
     identity: &Identity,
     pdu: &Pdu,

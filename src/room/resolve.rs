@@ -14,13 +14,20 @@ use crate::storage::events::{get_pdu, state_group_of};
 use crate::storage::state::{StateIds, load_group};
 use crate::{Error, Result};
 
-/// Resolves the states after `events` (each must be stored). Returns the group to use as
-/// a delta base (when every input shares it) and the resolved state.
+/// The state before an event (or at a set of extremities): a group to build on and the
+/// full state. `exact` says the state *is* `base`'s, so no new group is needed.
+pub struct Resolved {
+    pub base: Option<i64>,
+    pub state: StateIds,
+    pub exact: bool,
+}
+
+/// Resolves the states after `events` (each must be stored).
 pub fn resolve_after(
     conn: &Connection,
     rules: &RoomVersionRules,
     events: &[OwnedEventId],
-) -> Result<(Option<i64>, StateIds)> {
+) -> Result<Resolved> {
     let mut groups = Vec::new();
     for id in events {
         let g = state_group_of(conn, id.as_str())?
@@ -30,15 +37,27 @@ pub fn resolve_after(
         }
     }
     match groups.as_slice() {
-        [] => Ok((None, StateIds::new())),
-        [one] => Ok((Some(*one), load_group(conn, *one)?)),
+        [] => Ok(Resolved {
+            base: None,
+            state: StateIds::new(),
+            exact: true,
+        }),
+        [one] => Ok(Resolved {
+            base: Some(*one),
+            state: load_group(conn, *one)?,
+            exact: true,
+        }),
         _ => {
             let states = groups
                 .iter()
                 .map(|g| load_group(conn, *g))
                 .collect::<Result<Vec<_>>>()?;
-            let resolved = resolve(conn, rules, &states)?;
-            Ok((Some(groups[0]), resolved))
+            let state = resolve(conn, rules, &states)?;
+            Ok(Resolved {
+                base: Some(groups[0]),
+                state,
+                exact: false,
+            })
         }
     }
 }
@@ -193,8 +212,8 @@ mod tests {
                     "both branches share the fork point"
                 );
                 let rules = rules_for(&crate::room::room_version(tx, room.as_str())?)?;
-                let (_, resolved) = resolve_after(tx, &rules, &[b1.event_id.clone(), b2.event_id.clone()])?;
-                let (_, reversed) = resolve_after(tx, &rules, &[b2.event_id.clone(), b1.event_id.clone()])?;
+                let resolved = resolve_after(tx, &rules, &[b1.event_id.clone(), b2.event_id.clone()])?.state;
+                let reversed = resolve_after(tx, &rules, &[b2.event_id.clone(), b1.event_id.clone()])?.state;
                 Ok((b1, b2, resolved, reversed))
             })
             .await

@@ -1,0 +1,420 @@
+//! Two (and three) nodes, each with its own SQLite file and key, exchanging PDUs through
+//! `ingest` exactly as the peer layer will hand them over.
+
+use ruma::canonical_json::{CanonicalJsonObject, CanonicalJsonValue};
+use ruma::{OwnedRoomId, OwnedUserId};
+use serde_json::{Value, json};
+
+use super::{Outcome, ingest};
+use crate::identity::Identity;
+use crate::notifier::Notifier;
+use crate::room::create::{CreateRoom, create_room};
+use crate::room::{NewEvent, append_local};
+use crate::storage::Db;
+use crate::storage::state::{StateIds, current_state_ids};
+
+struct Node {
+    db: Db,
+    id: Identity,
+    _dir: tempfile::TempDir,
+}
+
+fn node(seed: u8) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), false, Notifier::default()).unwrap();
+    Node {
+        db,
+        id: Identity::from_seed([seed; 32], "a_t"),
+        _dir: dir,
+    }
+}
+
+impl Node {
+    fn user(&self, name: &str) -> OwnedUserId {
+        ruma::UserId::parse(format!("@{name}:{}", self.id.server_name())).unwrap()
+    }
+
+    async fn create(&self, creator: &OwnedUserId, req: Value) -> OwnedRoomId {
+        let (id, creator) = (self.id.clone(), creator.clone());
+        self.db
+            .write(move |tx| {
+                let req: CreateRoom = serde_json::from_value(req).unwrap();
+                let plan = req.plan(&id)?;
+                create_room(tx, &id, &creator, &req, plan)
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn send(&self, room: &OwnedRoomId, sender: &OwnedUserId, ev: NewEvent) -> crate::Result<String> {
+        let (id, room, sender) = (self.id.clone(), room.clone(), sender.clone());
+        self.db
+            .write(move |tx| {
+                Ok(append_local(tx, &id, &room, &sender, ev, None)?
+                    .event_id
+                    .to_string())
+            })
+            .await
+    }
+
+    /// Every stored PDU, in stream order, as a peer would be sent it.
+    async fn pdus(&self) -> Vec<(String, CanonicalJsonObject)> {
+        self.db
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT event_id, json FROM events ORDER BY stream_ordering")?;
+                let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (id, json) = row?;
+                    out.push((id, serde_json::from_str(&json).unwrap()));
+                }
+                Ok(out)
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn ingest(&self, json: CanonicalJsonObject) -> Outcome {
+        let id = self.id.clone();
+        self.db.write(move |tx| ingest(tx, &id, json)).await.unwrap()
+    }
+
+    async fn state(&self, room: &OwnedRoomId) -> StateIds {
+        let room = room.to_string();
+        self.db.read(move |c| current_state_ids(c, &room)).await.unwrap()
+    }
+
+    async fn extremities(&self, room: &OwnedRoomId) -> Vec<String> {
+        let room = room.to_string();
+        self.db
+            .read(move |c| crate::storage::events::forward_extremities(c, &room))
+            .await
+            .unwrap()
+    }
+
+    async fn soft_failed(&self, event_id: &str) -> bool {
+        let event_id = event_id.to_owned();
+        self.db
+            .read(move |c| {
+                Ok(c.query_row(
+                    "SELECT soft_failed FROM events WHERE event_id = ?1",
+                    [event_id],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap()
+    }
+}
+
+/// Hands `to` everything `from` holds, in `from`'s order; returns the outcomes of the
+/// events `to` did not know.
+async fn gossip(from: &Node, to: &Node) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    for (_, json) in from.pdus().await {
+        match to.ingest(json).await {
+            Outcome::AlreadyKnown(_) => {}
+            o => out.push(o),
+        }
+    }
+    out
+}
+
+fn all_stored(outcomes: &[Outcome]) {
+    for o in outcomes {
+        assert!(
+            matches!(
+                o,
+                Outcome::Stored {
+                    soft_failed: false,
+                    ..
+                }
+            ),
+            "unexpected outcome {o:?}"
+        );
+    }
+}
+
+fn member(membership: &str) -> Value {
+    json!({"membership": membership})
+}
+
+#[tokio::test]
+async fn a_room_replicates_and_both_nodes_write_into_it() {
+    let (a, b) = (node(1), node(2));
+    let (alice, bob) = (a.user("alice"), b.user("bob"));
+    let room = a
+        .create(&alice, json!({"preset": "public_chat", "name": "mesh"}))
+        .await;
+    let first = gossip(&a, &b).await;
+    assert!(first.len() >= 5);
+    all_stored(&first);
+    assert_eq!(a.state(&room).await, b.state(&room).await, "B holds A's state");
+
+    b.send(
+        &room,
+        &bob,
+        NewEvent::state("m.room.member", bob.as_str(), member("join")),
+    )
+    .await
+    .unwrap();
+    all_stored(&gossip(&b, &a).await);
+    // Both write at once: the DAG forks, and each node ends with both branches.
+    a.send(
+        &room,
+        &alice,
+        NewEvent::message("m.room.message", json!({"body": "from a"})),
+    )
+    .await
+    .unwrap();
+    b.send(
+        &room,
+        &bob,
+        NewEvent::message("m.room.message", json!({"body": "from b"})),
+    )
+    .await
+    .unwrap();
+    all_stored(&gossip(&a, &b).await);
+    all_stored(&gossip(&b, &a).await);
+    assert_eq!(a.extremities(&room).await.len(), 2);
+    assert_eq!(a.extremities(&room).await, b.extremities(&room).await);
+    // The next event merges the fork.
+    a.send(
+        &room,
+        &alice,
+        NewEvent::message("m.room.message", json!({"body": "merge"})),
+    )
+    .await
+    .unwrap();
+    all_stored(&gossip(&a, &b).await);
+    assert_eq!(b.extremities(&room).await.len(), 1);
+    assert_eq!(a.state(&room).await, b.state(&room).await);
+    // B records its local user's membership from the replicated state.
+    let m: String =
+        b.db.read({
+            let (bob, room) = (bob.to_string(), room.to_string());
+            move |c| {
+                Ok(c.query_row(
+                    "SELECT membership FROM local_membership WHERE user_id = ?1 AND room_id = ?2",
+                    [bob, room],
+                    |r| r.get(0),
+                )?)
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(m, "join");
+}
+
+#[tokio::test]
+async fn concurrent_state_changes_converge_on_every_node() {
+    let (a, b, c) = (node(1), node(2), node(3));
+    let (alice, bob) = (a.user("alice"), b.user("bob"));
+    let room = a
+        .create(
+            &alice,
+            json!({"preset": "public_chat", "power_level_content_override": {"users": {bob.as_str(): 100}}}),
+        )
+        .await;
+    all_stored(&gossip(&a, &b).await);
+    b.send(
+        &room,
+        &bob,
+        NewEvent::state("m.room.member", bob.as_str(), member("join")),
+    )
+    .await
+    .unwrap();
+    all_stored(&gossip(&b, &a).await);
+    // A and B rename the room and change power levels without hearing each other.
+    a.send(
+        &room,
+        &alice,
+        NewEvent::state("m.room.name", "", json!({"name": "alpha"})),
+    )
+    .await
+    .unwrap();
+    b.send(
+        &room,
+        &bob,
+        NewEvent::state("m.room.name", "", json!({"name": "beta"})),
+    )
+    .await
+    .unwrap();
+    b.send(
+        &room,
+        &bob,
+        NewEvent::state(
+            "m.room.power_levels",
+            "",
+            json!({"users": {bob.as_str(): 100}, "state_default": 50, "events_default": 0}),
+        ),
+    )
+    .await
+    .unwrap();
+    // Exchange in different orders: A←B, B←A, then C learns from B only.
+    gossip(&b, &a).await;
+    gossip(&a, &b).await;
+    gossip(&b, &c).await;
+    let (sa, sb, sc) = (a.state(&room).await, b.state(&room).await, c.state(&room).await);
+    assert_eq!(sa, sb, "A and B resolve to the same state");
+    assert_eq!(sb, sc, "C, which only talked to B, agrees");
+    assert_eq!(a.extremities(&room).await, c.extremities(&room).await);
+}
+
+#[tokio::test]
+async fn forged_and_unauthorised_events_are_rejected() {
+    let (a, b, c) = (node(1), node(2), node(3));
+    let alice = a.user("alice");
+    let room = a.create(&alice, json!({"preset": "public_chat"})).await;
+    let msg = a
+        .send(
+            &room,
+            &alice,
+            NewEvent::message("m.room.message", json!({"body": "hi"})),
+        )
+        .await
+        .unwrap();
+    let pdus = a.pdus().await;
+    let (_, original) = pdus.iter().find(|(id, _)| *id == msg).unwrap().clone();
+
+    // A room B has never heard of: refused, not stored.
+    assert!(matches!(
+        b.ingest(original.clone()).await,
+        Outcome::Rejected { .. }
+    ));
+    // Holding the room but not the event just before the message, B reports it missing.
+    let prev = pdus[pdus.len() - 2].0.clone();
+    for (id, json) in &pdus {
+        if *id != msg && *id != prev {
+            all_stored(&[b.ingest(json.clone()).await]);
+        }
+    }
+    match b.ingest(original.clone()).await {
+        Outcome::Missing(m) => assert_eq!(
+            m.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            vec![prev.clone()]
+        ),
+        o => panic!("expected the prev event reported missing, got {o:?}"),
+    }
+    all_stored(&[b.ingest(pdus[pdus.len() - 2].1.clone()).await]);
+
+    // A broken signature: rejected.
+    let mut bad_sig = original.clone();
+    let sigs = serde_json::to_value(&bad_sig["signatures"]).unwrap();
+    let server = a.id.server_name().to_string();
+    let key_id = sigs[&server].as_object().unwrap().keys().next().unwrap().clone();
+    let forged = "A".repeat(86);
+    bad_sig.insert(
+        "signatures".into(),
+        serde_json::from_value(json!({server.clone(): {key_id: forged}})).unwrap(),
+    );
+    assert!(matches!(b.ingest(bad_sig).await, Outcome::Rejected { .. }));
+
+    // Signed by another key under A's name: rejected (the name is the key).
+    let mut impostor = original.clone();
+    impostor.remove("signatures");
+    impostor.remove("hashes");
+    let fake = Identity::from_seed([9; 32], "a_t");
+    ruma::signatures::hash_and_sign_event(
+        &server,
+        &fake,
+        &mut impostor,
+        &ruma::room_version_rules::RoomVersionRules::V12.redaction,
+    )
+    .unwrap();
+    assert!(matches!(b.ingest(impostor).await, Outcome::Rejected { .. }));
+
+    // Content changed after signing: the hash no longer matches, so per the spec only the
+    // redacted form is kept — the altered text is never stored.
+    let mut tampered = original.clone();
+    tampered.insert(
+        "content".into(),
+        serde_json::from_value(json!({"body": "altered"})).unwrap(),
+    );
+    match b.ingest(tampered).await {
+        Outcome::Stored { event_id, .. } => {
+            let json: String =
+                b.db.read(move |c| {
+                    Ok(c.query_row(
+                        "SELECT json FROM events WHERE event_id = ?1",
+                        [event_id.as_str()],
+                        |r| r.get(0),
+                    )?)
+                })
+                .await
+                .unwrap();
+            assert!(!json.contains("altered"), "tampered content stored: {json}");
+        }
+        o => panic!("expected the redacted form to be stored, got {o:?}"),
+    }
+
+    // A well-signed event from a server with no member in the room: not authorised.
+    let carol = c.user("carol");
+    let mut intruder = original.clone();
+    intruder.remove("signatures");
+    intruder.remove("hashes");
+    intruder.insert("sender".into(), CanonicalJsonValue::String(carol.to_string()));
+    ruma::signatures::hash_and_sign_event(
+        c.id.server_name().as_str(),
+        &c.id,
+        &mut intruder,
+        &ruma::room_version_rules::RoomVersionRules::V12.redaction,
+    )
+    .unwrap();
+    assert!(
+        matches!(b.ingest(intruder).await, Outcome::Rejected { .. }),
+        "non-member's event accepted"
+    );
+
+    // Garbage: rejected, nothing stored.
+    let garbage: CanonicalJsonObject = serde_json::from_value(json!({"type": 5})).unwrap();
+    assert!(matches!(b.ingest(garbage).await, Outcome::Rejected { .. }));
+
+    // The event ID covers only the redacted form, so the tampered copy *was* this event:
+    // the genuine copy is now known (and served redacted, never altered).
+    assert_eq!(
+        b.ingest(original).await,
+        Outcome::AlreadyKnown(msg.as_str().try_into().unwrap())
+    );
+}
+
+#[tokio::test]
+async fn an_event_the_current_state_forbids_is_soft_failed() {
+    let (a, b) = (node(1), node(2));
+    let (alice, bob) = (a.user("alice"), b.user("bob"));
+    let room = a.create(&alice, json!({"preset": "public_chat"})).await;
+    all_stored(&gossip(&a, &b).await);
+    b.send(
+        &room,
+        &bob,
+        NewEvent::state("m.room.member", bob.as_str(), member("join")),
+    )
+    .await
+    .unwrap();
+    all_stored(&gossip(&b, &a).await);
+    // Alice bans bob while bob, not yet told, writes on his branch.
+    a.send(
+        &room,
+        &alice,
+        NewEvent::state("m.room.member", bob.as_str(), member("ban")),
+    )
+    .await
+    .unwrap();
+    let late = b
+        .send(
+            &room,
+            &bob,
+            NewEvent::message("m.room.message", json!({"body": "late"})),
+        )
+        .await
+        .unwrap();
+    gossip(&b, &a).await;
+    assert!(
+        a.soft_failed(&late).await,
+        "A, where bob is banned, soft-fails his late message"
+    );
+    assert!(
+        !a.extremities(&room).await.contains(&late),
+        "a soft-failed event is no extremity"
+    );
+}
