@@ -44,12 +44,15 @@ pub fn open_services(config: Config) -> anyhow::Result<Services> {
 
 impl Node {
     pub async fn start(config: Config) -> anyhow::Result<Node> {
+        let mut config = config;
         let listen = config.client_listen;
-        let services = Arc::new(open_services(config)?);
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding client API on {listen}"))?;
         let client_addr = listener.local_addr()?;
+        // Advertise the address actually bound (port 0 means "any free port").
+        config.client_listen = client_addr;
+        let services = Arc::new(open_services(config)?);
         let app = api::router(services.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -61,7 +64,10 @@ impl Node {
                 tracing::error!(error = %e, "client API server failed");
             }
         });
-        let background = vec![tokio::spawn(crate::typing::run_expiry(services.typing.clone()))];
+        let background = vec![
+            tokio::spawn(crate::typing::run_expiry(services.typing.clone())),
+            tokio::spawn(services.db.clone().run_checkpoints()),
+        ];
         tracing::info!(server_name = %services.server_name(), %client_addr, "node started");
         Ok(Node {
             services,

@@ -37,6 +37,8 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
     notifier: Notifier,
+    /// Signalled after each commit, so the checkpoint task runs only after writes.
+    written: tokio::sync::Notify,
 }
 
 /// The write transaction handed to `Db::write` closures.
@@ -73,6 +75,9 @@ impl Db {
         writer.pragma_update(None, "journal_mode", "WAL")?;
         configure(&writer)?;
         writer.pragma_update(None, "synchronous", if full_sync { "FULL" } else { "NORMAL" })?;
+        // Checkpoints run off the write path (`run_checkpoints`); this is only a backstop
+        // should that task fall behind, so a commit never pays for a checkpoint's fsyncs.
+        writer.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         migrations::migrate(&mut writer)?;
         let pos: i64 = writer.query_row("SELECT value FROM meta WHERE key = 'stream_pos'", [], |r| {
             r.get(0)
@@ -84,6 +89,7 @@ impl Db {
                 readers: Mutex::new(Vec::new()),
                 path,
                 notifier,
+                written: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -112,6 +118,7 @@ impl Db {
             let out = f(&mut wtx)?;
             let last = wtx.last_stream_id;
             wtx.tx.commit()?;
+            inner.written.notify_one();
             if let Some(pos) = last {
                 inner.notifier.advance_stream(pos);
             }
@@ -140,6 +147,34 @@ impl Db {
             out
         })
         .await
+    }
+
+    /// Moves committed WAL pages into the database file in the background, at most once a
+    /// second and only after writes, so commits stay cheap and an idle node stays asleep.
+    pub async fn run_checkpoints(self) {
+        let conn = match Connection::open(&self.inner.path).and_then(|c| configure(&c).map(|()| c)) {
+            Ok(c) => std::sync::Arc::new(Mutex::new(c)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open checkpoint connection; relying on autocheckpoint");
+                return;
+            }
+        };
+        loop {
+            self.inner.written.notified().await;
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let conn = conn.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                let conn = conn
+                    .lock()
+                    .map_err(|_| "checkpoint connection poisoned".to_owned())?;
+                conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            if let Ok(Err(e)) = done {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {

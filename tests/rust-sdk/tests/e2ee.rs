@@ -7,6 +7,9 @@
 //! binary is missing. `bash scripts/test-rust-sdk` builds the binary first. On failure the tail
 //! of the node's log is printed (set `RUST_LOG=debug` for every request).
 
+// The SDK's sync future is deep enough to overflow the default limit when checking it is Send.
+#![recursion_limit = "256"]
+
 use std::fs::File;
 use std::io::Read;
 use std::net::TcpListener;
@@ -334,7 +337,7 @@ async fn encrypted_exchange_and_media_round_trip() {
         .send(RoomMessageEventContent::text_plain(body))
         .await
         .expect("alice sends");
-    let (ev, enc) = expect_decrypted(&mut bob_seen, "bob", &sent.event_id).await;
+    let (ev, enc) = expect_decrypted(&mut bob_seen, "bob", &sent.response.event_id).await;
     assert_eq!(text_of(&ev), body);
     assert_eq!(ev.sender, alice_id);
     assert_eq!(enc.sender, alice_id);
@@ -347,7 +350,7 @@ async fn encrypted_exchange_and_media_round_trip() {
         .send(RoomMessageEventContent::text_plain(reply))
         .await
         .expect("bob replies");
-    let (ev, enc) = expect_decrypted(&mut alice_seen, "alice", &sent.event_id).await;
+    let (ev, enc) = expect_decrypted(&mut alice_seen, "alice", &sent.response.event_id).await;
     assert_eq!(text_of(&ev), reply);
     assert_eq!(enc.sender, bob_id);
     assert_eq!(enc.sender_device.as_deref(), Some(&*bob_device));
