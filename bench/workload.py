@@ -10,15 +10,14 @@ both servers see the same requests in the same order.
 """
 
 import argparse
+import http.client
 import json
 import statistics
 import sys
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-import http.client
 from urllib.parse import quote, urlencode, urlsplit
-
 
 PASSWORD = "bench-password-1"
 # The same filter everywhere: a small timeline, as clients ask for on a first sync.

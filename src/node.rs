@@ -35,6 +35,7 @@ pub fn open_services(config: Config) -> anyhow::Result<Services> {
     Ok(Services {
         typing: Arc::new(crate::typing::Typing::new(db.notifier().clone())),
         rate_limiter: api::ratelimit::RateLimiter::default(),
+        passwords: crate::password::Passwords::start()?,
         config,
         identity,
         db,

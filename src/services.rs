@@ -15,6 +15,7 @@ pub struct Services {
     pub db: Db,
     pub typing: Arc<Typing>,
     pub rate_limiter: RateLimiter,
+    pub passwords: crate::password::Passwords,
     pub started: Instant,
 }
 

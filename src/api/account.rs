@@ -51,35 +51,6 @@ pub fn user_id_for(s: &AppState, localpart: &str) -> Result<ruma::OwnedUserId> {
     ruma::UserId::parse(&full).map_err(|e| Error::invalid_username(e.to_string()))
 }
 
-/// Hashes a password with argon2id (off the async runtime: it is deliberately slow).
-pub async fn hash_password(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
-        use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-        let salt = SaltString::generate(&mut OsRng);
-        argon2::Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| Error::internal(format!("hashing failed: {e}")))
-    })
-    .await
-    .map_err(|e| Error::internal(e.to_string()))?
-}
-
-async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        use argon2::password_hash::{PasswordHash, PasswordVerifier};
-        PasswordHash::new(&hash)
-            .map(|h| {
-                argon2::Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
-}
-
 /// 256 bits from the OS RNG, URL-safe.
 pub fn random_token(bytes: usize) -> String {
     use base64::Engine;
@@ -100,7 +71,7 @@ fn random_device_id() -> String {
 /// Creates a user (used by `/register` and `meshserver user add`).
 pub async fn create_user(s: &AppState, user_id: &ruma::UserId, password: Option<String>) -> Result<()> {
     let hash = match password {
-        Some(p) => Some(hash_password(p).await?),
+        Some(p) => Some(s.passwords.hash(p).await?),
         None => None,
     };
     let uid = user_id.to_string();
@@ -293,7 +264,7 @@ async fn check_password(s: &AppState, user: &ruma::UserId, password: Option<&str
     let uid = user.to_string();
     let hash = s.db.read(move |c| store::password_hash(c, &uid)).await?;
     let ok = match (hash, password) {
-        (Some(h), Some(p)) => verify_password(p.to_owned(), h).await,
+        (Some(h), Some(p)) => s.passwords.verify(p.to_owned(), h).await?,
         _ => false,
     };
     if ok {
@@ -395,7 +366,7 @@ async fn change_password(
     JsonBody(body): JsonBody<PasswordBody>,
 ) -> Result<axum::response::Response> {
     require_password_uia(&s, &auth, body.auth.as_ref()).await?;
-    let hash = hash_password(body.new_password).await?;
+    let hash = s.passwords.hash(body.new_password).await?;
     s.db.write(move |tx| {
         store::set_password_hash(tx, auth.user_id.as_str(), &hash)?;
         if body.logout_devices {
