@@ -12,6 +12,8 @@ both servers see the same requests in the same order.
 import argparse
 import http.client
 import json
+import os
+import sqlite3
 import statistics
 import sys
 import time
@@ -253,12 +255,40 @@ def client_floor(base: str, count: int = 500) -> float:
     return rate
 
 
+def machine_conditions(scratch_dir: str) -> dict:
+    """What the shared machine was like when a server's run started: the load average, and what
+    one SQLite commit with synchronous=FULL (an fsync, as Synapse commits) costs on this disk.
+    Both move a lot between runs here, and Synapse's figures move with them."""
+    with open("/proc/loadavg", encoding="ascii") as f:
+        load1 = float(f.read().split()[0])
+    path = os.path.join(scratch_dir, f"fsync-probe-{uuid.uuid4().hex}.db")
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("CREATE TABLE t (x INTEGER)")
+        times = []
+        for i in range(100):
+            t0 = time.perf_counter()
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO t VALUES (?)", (i,))
+            db.execute("COMMIT")
+            times.append(time.perf_counter() - t0)
+    finally:
+        db.close()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
+    return {"loadavg_1m": load1, "sqlite_full_commit_s": median(times)}
+
+
 def run(args: argparse.Namespace) -> None:
     base, pid = args.url, args.pid
     if args.users < 4:
         raise SystemExit("--users must be at least 4: the later phases reuse four of them")
     out: dict = {"label": args.label, "url": base, "sends_count": args.sends, "history": args.history}
     out["rss_idle_kib"] = rss_kib(pid)["VmRSS"]
+    out["conditions"] = machine_conditions(os.path.dirname(os.path.abspath(args.out)))
     prefix = f"b{uuid.uuid4().hex[:6]}"
 
     log(f"[{args.label}] register+login x{args.users}")
@@ -327,6 +357,10 @@ def table(args: argparse.Namespace) -> None:
           f"{m['wake_early_returns']}, Synapse {s['wake_early_returns']}); initial /sync {n(m, 'initial_sync_s')}")
     print(f"client floor (sequential GET /versions with this client): meshserver "
           f"{m['client_floor_per_s']:.0f}/s, Synapse {s['client_floor_per_s']:.0f}/s")
+    conds = [(r["label"], r.get("conditions")) for r in (m, full, s) if r]
+    print("conditions when each run started: " + "; ".join(
+        f"{label}: load average {c['loadavg_1m']:.2f}, SQLite commit with fsync "
+        f"{c['sqlite_full_commit_s'] * 1000:.1f} ms" for label, c in conds if c))
     sends_ratio = median(m["sends_per_s"]) / median(s["sends_per_s"])
     rss_ratio = m["rss_idle_kib"] / s["rss_idle_kib"]
     print(f"target sends/s ≥ 40× Synapse: {'MET' if sends_ratio >= 40 else 'MISSED'} ({sends_ratio:.1f}×)")

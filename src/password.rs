@@ -26,6 +26,7 @@ pub struct Passwords {
 impl Passwords {
     /// Starts the hashing thread; it ends when this handle is dropped.
     pub fn start() -> std::io::Result<Self> {
+        pin_mmap_threshold();
         let (jobs, rx) = sync_channel::<Job>(QUEUE);
         std::thread::Builder::new()
             .name("password-hash".into())
@@ -83,4 +84,17 @@ fn verify(password: &str, stored: &str) -> bool {
                 .is_ok()
         })
         .unwrap_or(false)
+}
+
+/// glibc raises its mmap threshold to the size of the largest block freed, so after the first
+/// hash every 19 MiB argon2 buffer comes from the heap, and freed heap memory is not given
+/// back: RSS grew by 19 MiB per hash (measured: 22 → 120 MiB over six registrations, even on
+/// one thread). A fixed threshold keeps such buffers mmapped, returned to the kernel on free.
+fn pin_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tuning; M_MMAP_THRESHOLD with a valid size has
+    // no memory-safety preconditions.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }
