@@ -357,10 +357,11 @@ def table(args: argparse.Namespace) -> None:
           f"{m['wake_early_returns']}, Synapse {s['wake_early_returns']}); initial /sync {n(m, 'initial_sync_s')}")
     print(f"client floor (sequential GET /versions with this client): meshserver "
           f"{m['client_floor_per_s']:.0f}/s, Synapse {s['client_floor_per_s']:.0f}/s")
-    conds = [(r["label"], r.get("conditions")) for r in (m, full, s) if r]
-    print("conditions when each run started: " + "; ".join(
-        f"{label}: load average {c['loadavg_1m']:.2f}, SQLite commit with fsync "
-        f"{c['sqlite_full_commit_s'] * 1000:.1f} ms" for label, c in conds if c))
+    conds = [(r["label"], r["conditions"]) for r in (m, full, s) if r and "conditions" in r]
+    if conds:
+        print("conditions when each run started: " + "; ".join(
+            f"{label}: load average {c['loadavg_1m']:.2f}, SQLite commit with fsync "
+            f"{c['sqlite_full_commit_s'] * 1000:.2f} ms" for label, c in conds))
     sends_ratio = median(m["sends_per_s"]) / median(s["sends_per_s"])
     rss_ratio = m["rss_idle_kib"] / s["rss_idle_kib"]
     print(f"target sends/s ≥ 40× Synapse: {'MET' if sends_ratio >= 40 else 'MISSED'} ({sends_ratio:.1f}×)")
