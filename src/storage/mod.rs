@@ -57,11 +57,10 @@ impl<'c> Deref for WriteTx<'c> {
 impl WriteTx<'_> {
     /// Allocates the next global stream position; durable with the transaction.
     pub fn next_stream_id(&mut self) -> Result<i64> {
-        let id: i64 = self.tx.query_row(
-            "UPDATE meta SET value = value + 1 WHERE key = 'stream_pos' RETURNING value",
-            [],
-            |r| r.get(0),
-        )?;
+        let id: i64 = self
+            .tx
+            .prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'stream_pos' RETURNING value")?
+            .query_row([], |r| r.get(0))?;
         self.last_stream_id = Some(id);
         Ok(id)
     }
