@@ -10,81 +10,25 @@
 // SDK_LOG=1 shows the SDK's own log.
 // Prints one line per check and closes with "N passed, N failed"; exits non-zero on any failure.
 
-import { ClientEvent, MatrixEventEvent, RoomEvent, createClient } from "matrix-js-sdk";
+import { MatrixEventEvent, RoomEvent } from "matrix-js-sdk";
 
-// The SDK and the crypto wasm log a great deal to the console (expected 404s for unstable
-// endpoints among them). Silence it unless asked: failures carry their own details and the
-// node's log has every request.
-if (!process.env.SDK_LOG) {
-  for (const method of ["log", "debug", "info", "warn", "error", "trace"]) console[method] = () => {};
-}
-const say = (line) => process.stdout.write(`${line}\n`);
+import { BASE_URL, assert, describe, harness, registerWithDummyStage, say, startAndPrepare } from "./lib.mjs";
 
-const BASE_URL = process.argv[2] ?? process.env.MESHSERVER_URL;
 // Decryption involves several round trips (keys/query, keys/claim, sendToDevice, a /sync on the
 // other side) on a debug build sharing two cores; these are upper bounds, not expectations.
 const STEP_TIMEOUT_MS = 30_000;
-const TOTAL_TIMEOUT_MS = 120_000;
-
-let passed = 0;
-let failed = 0;
-const clients = [];
-
-function ok(name) {
-  passed += 1;
-  say(`ok - ${name}`);
-}
-
-function finish(code) {
-  for (const c of clients) c.stopClient();
-  say(`${passed} passed, ${failed} failed`);
-  process.exit(code);
-}
-
-/** Runs one named check; the first failure ends the run (later checks build on earlier ones). */
-async function check(name, fn) {
-  let timer;
-  try {
-    const timeout = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`timed out after ${STEP_TIMEOUT_MS} ms`)), STEP_TIMEOUT_MS);
-    });
-    const value = await Promise.race([fn(), timeout]);
-    ok(name);
-    return value;
-  } catch (e) {
-    failed += 1;
-    say(`not ok - ${name}`);
-    say(`  ${describe(e)}`);
-    finish(1);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function describe(e) {
-  if (e?.httpStatus !== undefined) {
-    return `HTTP ${e.httpStatus} ${e.errcode ?? ""} ${JSON.stringify(e.data ?? {})} (${e.url ?? ""})`;
-  }
-  return e?.stack ?? String(e);
-}
-
-function assert(cond, message) {
-  if (!cond) throw new Error(message);
-}
+const { check, clientFor, run } = harness({
+  script: "e2ee.mjs",
+  stepTimeoutMs: STEP_TIMEOUT_MS,
+  totalTimeoutMs: 120_000,
+});
 
 /** Registers through the UIA dummy stage (the challenge itself is covered by sdk.mjs) and logs in. */
 async function registerAndLogin(username, deviceId) {
-  const anon = createClient({ baseUrl: BASE_URL });
-  const password = `pw-${username}-${Math.random().toString(36).slice(2)}`;
-  let session;
-  try {
-    await anon.registerRequest({ username, password });
-    throw new Error("register without auth succeeded; expected a 401 UIA challenge");
-  } catch (e) {
+  const { password, anon } = await registerWithDummyStage(username, (e) => {
     assert(e.httpStatus === 401 && e.data?.session, `expected a 401 UIA challenge, got ${describe(e)}`);
-    session = e.data.session;
-  }
-  await anon.registerRequest({ username, password, auth: { type: "m.login.dummy", session } });
+    return e.data.session;
+  });
   const res = await anon.loginRequest({
     type: "m.login.password",
     identifier: { type: "m.id.user", user: username },
@@ -93,31 +37,7 @@ async function registerAndLogin(username, deviceId) {
     initial_device_display_name: `matrix-js-sdk rust crypto ${deviceId}`,
   });
   assert(res.device_id === deviceId, `asked for device ${deviceId}, login gave ${res.device_id}`);
-  const client = createClient({
-    baseUrl: BASE_URL,
-    accessToken: res.access_token,
-    userId: res.user_id,
-    deviceId: res.device_id,
-  });
-  clients.push(client);
-  return client;
-}
-
-/** Starts the SDK's sync loop and resolves once it reports PREPARED (first /sync processed). */
-function startAndPrepare(client) {
-  return new Promise((resolve, reject) => {
-    const onSync = (state, _prev, data) => {
-      if (state === "PREPARED") {
-        client.off(ClientEvent.Sync, onSync);
-        resolve();
-      } else if (state === "ERROR") {
-        client.off(ClientEvent.Sync, onSync);
-        reject(new Error(`sync failed: ${describe(data?.error)}`));
-      }
-    };
-    client.on(ClientEvent.Sync, onSync);
-    client.startClient({ initialSyncLimit: 20 }).catch(reject);
-  });
+  return clientFor(res);
 }
 
 /**
@@ -219,15 +139,6 @@ async function exchange(from, to, roomId, text, fromDevice) {
 }
 
 async function main() {
-  if (!BASE_URL) {
-    say("usage: node e2ee.mjs <homeserver base URL>");
-    process.exit(2);
-  }
-  const overall = setTimeout(() => {
-    failed += 1;
-    say(`not ok - whole run timed out after ${TOTAL_TIMEOUT_MS} ms`);
-    finish(1);
-  }, TOTAL_TIMEOUT_MS);
   const started = Date.now();
 
   const suffix = Date.now().toString(36);
@@ -307,13 +218,7 @@ async function main() {
     exchange(bob, alice, roomId, reply, bob.getDeviceId()),
   );
 
-  clearTimeout(overall);
   say(`# e2ee exchange took ${((Date.now() - started) / 1000).toFixed(1)} s`);
-  finish(0);
 }
 
-main().catch((e) => {
-  failed += 1;
-  say(`not ok - unexpected error: ${describe(e)}`);
-  finish(1);
-});
+run(main);

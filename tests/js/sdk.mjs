@@ -6,85 +6,25 @@
 // SDK_LOG=1 shows the SDK's own log.
 // Prints one line per check and closes with "N passed, N failed"; exits non-zero on any failure.
 
-import { ClientEvent, RoomEvent, createClient } from "matrix-js-sdk";
+import { RoomEvent, createClient } from "matrix-js-sdk";
 
-// The SDK logs through several loggers straight to the console (expected 404s for unstable
-// endpoints among them). Silence the console unless asked: this script's own lines go to
-// stdout directly, failures carry their details, and the node's log has every request.
-if (!process.env.SDK_LOG) {
-  for (const method of ["log", "debug", "info", "warn", "error", "trace"]) console[method] = () => {};
-}
-const say = (line) => process.stdout.write(`${line}\n`);
+import { BASE_URL, assert, describe, harness, registerWithDummyStage, startAndPrepare } from "./lib.mjs";
 
-const BASE_URL = process.argv[2] ?? process.env.MESHSERVER_URL;
-const STEP_TIMEOUT_MS = 20_000;
-const TOTAL_TIMEOUT_MS = 120_000;
-
-let passed = 0;
-let failed = 0;
-const clients = [];
-
-function ok(name) {
-  passed += 1;
-  say(`ok - ${name}`);
-}
-
-function finish(code) {
-  for (const c of clients) c.stopClient();
-  say(`${passed} passed, ${failed} failed`);
-  process.exit(code);
-}
-
-/** Runs one named check; the first failure ends the run (later checks build on earlier ones). */
-async function check(name, fn) {
-  let timer;
-  try {
-    const timeout = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`timed out after ${STEP_TIMEOUT_MS} ms`)), STEP_TIMEOUT_MS);
-    });
-    const value = await Promise.race([fn(), timeout]);
-    ok(name);
-    return value;
-  } catch (e) {
-    failed += 1;
-    say(`not ok - ${name}`);
-    say(`  ${describe(e)}`);
-    finish(1);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function describe(e) {
-  if (e?.httpStatus !== undefined) {
-    return `HTTP ${e.httpStatus} ${e.errcode ?? ""} ${JSON.stringify(e.data ?? {})} (${e.url ?? ""})`;
-  }
-  return e?.stack ?? String(e);
-}
-
-function assert(cond, message) {
-  if (!cond) throw new Error(message);
-}
+const { check, clientFor, run } = harness({ script: "sdk.mjs", stepTimeoutMs: 20_000, totalTimeoutMs: 120_000 });
 
 /** Registers through User-Interactive Auth as a client would: ask, get the flows, answer the dummy stage. */
 async function register(username) {
-  const anon = createClient({ baseUrl: BASE_URL });
-  const password = `pw-${username}-${Math.random().toString(36).slice(2)}`;
-  let session;
-  try {
-    await anon.registerRequest({ username, password });
-    throw new Error("register without auth succeeded; expected a 401 UIA challenge");
-  } catch (e) {
+  const { res, password } = await registerWithDummyStage(username, (e) => {
     assert(e.httpStatus === 401, `expected 401 challenge, got ${describe(e)}`);
     const flows = e.data?.flows ?? [];
     assert(
       flows.some((f) => f.stages?.length === 1 && f.stages[0] === "m.login.dummy"),
       `no m.login.dummy flow offered: ${JSON.stringify(e.data)}`,
     );
-    session = e.data.session;
+    const session = e.data.session;
     assert(typeof session === "string" && session.length > 0, "challenge has no session");
-  }
-  const res = await anon.registerRequest({ username, password, auth: { type: "m.login.dummy", session } });
+    return session;
+  });
   assert(res.user_id?.startsWith(`@${username}:`), `unexpected user_id ${res.user_id}`);
   return { userId: res.user_id, password };
 }
@@ -98,33 +38,10 @@ async function login(userId, password) {
     initial_device_display_name: "matrix-js-sdk e2e",
   });
   assert(res.access_token && res.device_id, `login response lacks token or device: ${JSON.stringify(res)}`);
-  const client = createClient({
-    baseUrl: BASE_URL,
-    accessToken: res.access_token,
-    userId: res.user_id,
-    deviceId: res.device_id,
-  });
-  clients.push(client);
+  const client = clientFor(res);
   const who = await client.whoami();
   assert(who.user_id === userId, `whoami says ${who.user_id}, expected ${userId}`);
   return client;
-}
-
-/** Starts the SDK's sync loop and resolves once it reports PREPARED (first /sync processed). */
-function startAndPrepare(client) {
-  return new Promise((resolve, reject) => {
-    const onSync = (state, _prev, data) => {
-      if (state === "PREPARED") {
-        client.off(ClientEvent.Sync, onSync);
-        resolve();
-      } else if (state === "ERROR") {
-        client.off(ClientEvent.Sync, onSync);
-        reject(new Error(`sync failed: ${describe(data?.error)}`));
-      }
-    };
-    client.on(ClientEvent.Sync, onSync);
-    client.startClient({ initialSyncLimit: 20 }).catch(reject);
-  });
 }
 
 function liveTimelineHas(client, roomId, eventId) {
@@ -153,16 +70,6 @@ function waitForTimelineEvent(client, roomId, pred) {
 }
 
 async function main() {
-  if (!BASE_URL) {
-    say("usage: node sdk.mjs <homeserver base URL>");
-    process.exit(2);
-  }
-  const overall = setTimeout(() => {
-    failed += 1;
-    say(`not ok - whole run timed out after ${TOTAL_TIMEOUT_MS} ms`);
-    finish(1);
-  }, TOTAL_TIMEOUT_MS);
-
   const suffix = Date.now().toString(36);
   const aliceCreds = await check("alice registers through the UIA dummy flow", () => register(`alice${suffix}`));
   const bobCreds = await check("bob registers through the UIA dummy flow", () => register(`bob${suffix}`));
@@ -209,13 +116,6 @@ async function main() {
     assert(ev.getSender() === bobCreds.userId, `sender is ${ev.getSender()}`);
     assert(ev.getId() === event_id, `alice got event ${ev.getId()}, bob sent ${event_id}`);
   });
-
-  clearTimeout(overall);
-  finish(0);
 }
 
-main().catch((e) => {
-  failed += 1;
-  say(`not ok - unexpected error: ${describe(e)}`);
-  finish(1);
-});
+run(main);
