@@ -3,11 +3,14 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use meshserver::config::Config;
 use meshserver::node::Node;
 use reqwest::Method;
 use serde_json::{Value, json};
+
+const V3: &str = "/_matrix/client/v3";
 
 pub struct TestNode {
     pub node: Option<Node>,
@@ -120,6 +123,111 @@ impl TestNode {
         assert_eq!(status, 200, "createRoom: {res}");
         res["room_id"].as_str().expect("room_id").to_owned()
     }
+
+    /// Sends a text message with a fresh transaction ID, asserting success; returns its event ID.
+    pub async fn send_text(&self, user: &User, room: &str, body: &str) -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let txn = format!("common-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        self.send_text_txn(user, room, &txn, body).await
+    }
+
+    /// Sends a text message with transaction `txn`, asserting success; returns its event ID.
+    pub async fn send_text_txn(&self, user: &User, room: &str, txn: &str, body: &str) -> String {
+        let (status, res) = self
+            .put(
+                &format!("{V3}/rooms/{}/send/m.room.message/{}", enc(room), enc(txn)),
+                &user.token,
+                json!({"msgtype": "m.text", "body": body}),
+            )
+            .await;
+        assert_eq!(status, 200, "send {body}: {res}");
+        res["event_id"].as_str().expect("event_id").to_owned()
+    }
+
+    /// Joins `room` (an ID or alias), asserting success.
+    pub async fn join(&self, user: &User, room: &str) {
+        let (status, res) = self
+            .post(&format!("{V3}/join/{}", enc(room)), &user.token, json!({}))
+            .await;
+        assert_eq!(status, 200, "join: {res}");
+    }
+
+    /// `by` invites `who` into `room`, asserting success.
+    pub async fn invite(&self, by: &User, room: &str, who: &User) {
+        let (status, res) = self
+            .post(
+                &format!("{V3}/rooms/{}/invite", enc(room)),
+                &by.token,
+                json!({"user_id": who.user_id}),
+            )
+            .await;
+        assert_eq!(status, 200, "invite: {res}");
+    }
+
+    /// Leaves `room`, asserting success.
+    pub async fn leave(&self, user: &User, room: &str) {
+        let (status, res) = self
+            .post(&format!("{V3}/rooms/{}/leave", enc(room)), &user.token, json!({}))
+            .await;
+        assert_eq!(status, 200, "leave: {res}");
+    }
+
+    /// Syncs (initial when `since` is `None`), asserting success.
+    pub async fn sync(&self, user: &User, since: Option<&str>) -> Value {
+        let path = match since {
+            Some(t) => format!("{V3}/sync?since={}", enc(t)),
+            None => format!("{V3}/sync"),
+        };
+        let (status, body) = self.get(&path, &user.token).await;
+        assert_eq!(status, 200, "sync: {body}");
+        body
+    }
+
+    /// Puts a state event; returns the raw response.
+    pub async fn state_put(
+        &self,
+        user: &User,
+        room: &str,
+        kind: &str,
+        key: &str,
+        content: Value,
+    ) -> (u16, Value) {
+        let path = format!("{V3}/rooms/{}/state/{}/{}", enc(room), enc(kind), enc(key));
+        self.put(&path, &user.token, content).await
+    }
+
+    /// The bodies of the text messages `user` reads from `/messages?{query}`, asserting success.
+    pub async fn message_bodies(&self, user: &User, room: &str, query: &str) -> Vec<String> {
+        let path = format!("{V3}/rooms/{}/messages?{query}", enc(room));
+        let (status, page) = self.get(&path, &user.token).await;
+        assert_eq!(status, 200, "{page}");
+        bodies(&page["chunk"])
+    }
+
+    /// Logs `user` in again with their `pw-<localpart>` password as `device_id`
+    /// (a new device unless it exists), asserting success.
+    pub async fn login(&self, user: &User, device_id: &str) -> User {
+        let localpart = user.user_id[1..].split(':').next().expect("localpart");
+        let (status, body) = self
+            .call(
+                Method::POST,
+                &format!("{V3}/login"),
+                None,
+                Some(json!({
+                    "type": "m.login.password",
+                    "identifier": {"type": "m.id.user", "user": user.user_id},
+                    "password": format!("pw-{localpart}"),
+                    "device_id": device_id,
+                })),
+            )
+            .await;
+        assert_eq!(status, 200, "login: {body}");
+        User {
+            user_id: user.user_id.clone(),
+            token: body["access_token"].as_str().expect("token").to_owned(),
+            device_id: device_id.to_owned(),
+        }
+    }
 }
 
 /// Percent-encodes a path segment (room IDs, event IDs, user IDs contain `!$@:#`).
@@ -133,6 +241,17 @@ pub fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+/// The bodies of the text messages in a list of events (a /messages chunk).
+pub fn bodies(chunk: &Value) -> Vec<String> {
+    chunk
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 pub fn assert_err(res: &(u16, Value), status: u16, errcode: &str) {

@@ -91,17 +91,15 @@ pub async fn query(n: &TestNode, u: &User, who: &User) -> Value {
 
 /// The current sync token of `u` (an initial sync's `next_batch`).
 pub async fn sync_token(n: &TestNode, u: &User) -> String {
-    let res = n.get(&v3("sync"), &u.token).await;
-    assert_eq!(res.0, 200, "sync: {:?}", res);
-    res.1["next_batch"].as_str().expect("next_batch").to_owned()
+    n.sync(u, None).await["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned()
 }
 
 /// A room created by `a` that `b` joins.
 pub async fn share_room(n: &TestNode, a: &User, b: &User) -> String {
     let room = n.create_room(a, json!({"invite": [b.user_id]})).await;
-    let res = n
-        .post(&v3(&format!("join/{}", enc(&room))), &b.token, json!({}))
-        .await;
-    assert_eq!(res.0, 200, "join: {:?}", res);
+    n.join(b, &room).await;
     room
 }

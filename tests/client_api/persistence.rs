@@ -8,37 +8,14 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-async fn messages(n: &TestNode, user: &User, room: &str) -> Vec<String> {
-    let (status, body) = n
-        .get(
-            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(room)),
-            &user.token,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["chunk"]
-        .as_array()
-        .expect("chunk")
-        .iter()
-        .filter(|e| e["type"] == "m.room.message")
-        .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
 #[tokio::test]
 async fn restart_keeps_users_tokens_rooms_and_messages() {
     let n = TestNode::start().await;
     let alice = n.register("alice").await;
     let room = n.create_room(&alice, json!({"name": "kept"})).await;
     for i in 0..5 {
-        let (s, b) = n
-            .put(
-                &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t{i}", enc(&room)),
-                &alice.token,
-                json!({"msgtype": "m.text", "body": format!("m{i}")}),
-            )
+        n.send_text_txn(&alice, &room, &format!("t{i}"), &format!("m{i}"))
             .await;
-        assert_eq!(s, 200, "{b}");
     }
     let name_before = n.server_name();
     let n = n.restart().await;
@@ -48,7 +25,7 @@ async fn restart_keeps_users_tokens_rooms_and_messages() {
     assert_eq!(who.0, 200, "{:?}", who);
     let rooms = n.get("/_matrix/client/v3/joined_rooms", &alice.token).await;
     assert_eq!(rooms.1["joined_rooms"], json!([room]));
-    let mut got = messages(&n, &alice, &room).await;
+    let mut got = n.message_bodies(&alice, &room, "dir=b&limit=100").await;
     got.reverse();
     assert_eq!(got, vec!["m0", "m1", "m2", "m3", "m4"]);
     // Login with the password still works.
@@ -62,17 +39,7 @@ async fn restart_keeps_users_tokens_rooms_and_messages() {
         .await;
     assert_eq!(s, 200);
     // A new message after restart chains onto the old ones.
-    let (s, b) = n
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/send/m.room.message/after",
-                enc(&room)
-            ),
-            &alice.token,
-            json!({"msgtype": "m.text", "body": "after"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
+    n.send_text_txn(&alice, &room, "after", "after").await;
 }
 
 struct Proc(Child);

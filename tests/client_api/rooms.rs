@@ -33,6 +33,15 @@ async fn members(n: &TestNode, user: &User, room: &str, query: &str) -> Vec<Valu
     body["chunk"].as_array().expect("chunk").clone()
 }
 
+/// `who`'s member event as `/members{query}` returns it to `viewer`, asserting it is listed.
+async fn member_event(n: &TestNode, viewer: &User, room: &str, query: &str, who: &User) -> Value {
+    members(n, viewer, room, query)
+        .await
+        .into_iter()
+        .find(|e| e["state_key"] == who.user_id.as_str())
+        .unwrap_or_else(|| panic!("no member event for {}", who.user_id))
+}
+
 fn membership_of(chunk: &[Value], user: &str) -> Option<String> {
     chunk
         .iter()

@@ -30,44 +30,10 @@ fn filter_param(f: Value) -> String {
     format!("filter={}", enc(&f.to_string()))
 }
 
-async fn send(n: &TestNode, u: &User, room: &str, txn: &str, body: &str) -> String {
-    let (status, res) = n
-        .put(
-            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room)),
-            &u.token,
-            json!({"msgtype": "m.text", "body": body}),
-        )
-        .await;
-    assert_eq!(status, 200, "send: {res}");
-    res["event_id"].as_str().expect("event_id").to_owned()
-}
-
-async fn join(n: &TestNode, u: &User, room: &str) {
-    let res = n
-        .post(
-            &format!("/_matrix/client/v3/join/{}", enc(room)),
-            &u.token,
-            json!({}),
-        )
-        .await;
-    assert_eq!(res.0, 200, "join: {:?}", res);
-}
-
-async fn invite(n: &TestNode, by: &User, room: &str, who: &User) {
-    let res = n
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/invite", enc(room)),
-            &by.token,
-            json!({"user_id": who.user_id}),
-        )
-        .await;
-    assert_eq!(res.0, 200, "invite: {:?}", res);
-}
-
 /// A room created by `a` and joined by `b`.
 async fn shared_room(n: &TestNode, a: &User, b: &User) -> String {
     let room = n.create_room(a, json!({"invite": [b.user_id]})).await;
-    join(n, b, &room).await;
+    n.join(b, &room).await;
     room
 }
 

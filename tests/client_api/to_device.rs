@@ -11,16 +11,6 @@ mod keys;
 
 const SYNC: &str = "/_matrix/client/v3/sync";
 
-async fn sync(n: &TestNode, u: &User, since: Option<&str>) -> Value {
-    let path = match since {
-        Some(t) => format!("{SYNC}?since={}", enc(t)),
-        None => SYNC.to_owned(),
-    };
-    let (status, body) = n.get(&path, &u.token).await;
-    assert_eq!(status, 200, "sync: {body}");
-    body
-}
-
 fn next_batch(body: &Value) -> String {
     body["next_batch"].as_str().expect("next_batch").to_owned()
 }
@@ -55,59 +45,10 @@ async fn send_ok(n: &TestNode, from: &User, kind: &str, txn: &str, messages: Val
     assert_eq!(res, (200, json!({})), "sendToDevice");
 }
 
-/// Logs `u` in again as `device_id` (a new device unless it exists).
-async fn login(n: &TestNode, u: &User, device_id: &str) -> User {
-    let (status, body) = n
-        .call(
-            reqwest::Method::POST,
-            "/_matrix/client/v3/login",
-            None,
-            Some(json!({
-                "type": "m.login.password",
-                "identifier": {"type": "m.id.user", "user": u.user_id},
-                "password": format!("pw-{}", localpart(u)),
-                "device_id": device_id,
-            })),
-        )
-        .await;
-    assert_eq!(status, 200, "login: {body}");
-    User {
-        user_id: u.user_id.clone(),
-        token: body["access_token"].as_str().expect("token").to_owned(),
-        device_id: device_id.to_owned(),
-    }
-}
-
-fn localpart(u: &User) -> &str {
-    u.user_id[1..].split(':').next().expect("localpart")
-}
-
-async fn join(n: &TestNode, u: &User, room: &str) {
-    let res = n
-        .post(
-            &format!("/_matrix/client/v3/join/{}", enc(room)),
-            &u.token,
-            json!({}),
-        )
-        .await;
-    assert_eq!(res.0, 200, "join: {res:?}");
-}
-
-async fn leave(n: &TestNode, u: &User, room: &str) {
-    let res = n
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/leave", enc(room)),
-            &u.token,
-            json!({}),
-        )
-        .await;
-    assert_eq!(res.0, 200, "leave: {res:?}");
-}
-
 /// A public room created by `a` and joined by `b`.
 async fn shared_room(n: &TestNode, a: &User, b: &User) -> String {
     let room = n.create_room(a, json!({"preset": "public_chat"})).await;
-    join(n, b, &room).await;
+    n.join(b, &room).await;
     room
 }
 
@@ -135,7 +76,7 @@ async fn delivered_until_a_later_sync_acknowledges_it() {
     let n = TestNode::start().await;
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
-    let t0 = next_batch(&sync(&n, &bob, None).await);
+    let t0 = next_batch(&n.sync(&bob, None).await);
 
     let content = json!({"secret": 1, "nested": {"k": [1, 2]}});
     send_ok(
@@ -155,7 +96,7 @@ async fn delivered_until_a_later_sync_acknowledges_it() {
     )
     .await;
 
-    let first = sync(&n, &bob, Some(&t0)).await;
+    let first = n.sync(&bob, Some(&t0)).await;
     let got = to_device(&first);
     assert_eq!(
         got,
@@ -166,22 +107,22 @@ async fn delivered_until_a_later_sync_acknowledges_it() {
         "oldest first, exactly as sent"
     );
     // The sender's own device got nothing.
-    assert!(to_device(&sync(&n, &alice, None).await).is_empty());
+    assert!(to_device(&n.sync(&alice, None).await).is_empty());
 
     // Repeating the old token (the response was lost) delivers them again.
-    assert_eq!(to_device(&sync(&n, &bob, Some(&t0)).await), got);
+    assert_eq!(to_device(&n.sync(&bob, Some(&t0)).await), got);
 
     let t1 = next_batch(&first);
     assert!(
-        to_device(&sync(&n, &bob, Some(&t1)).await).is_empty(),
+        to_device(&n.sync(&bob, Some(&t1)).await).is_empty(),
         "delivered once"
     );
     // Syncing from t1 acknowledged them: gone for good, even for the old token.
     assert!(
-        to_device(&sync(&n, &bob, Some(&t0)).await).is_empty(),
+        to_device(&n.sync(&bob, Some(&t0)).await).is_empty(),
         "deleted after ack"
     );
-    assert!(to_device(&sync(&n, &bob, None).await).is_empty());
+    assert!(to_device(&n.sync(&bob, None).await).is_empty());
 }
 
 #[tokio::test]
@@ -203,7 +144,7 @@ async fn initial_sync_gets_the_inbox_and_a_backlog_comes_in_batches() {
     let mut since: Option<String> = None;
     let mut batches = Vec::new();
     for _ in 0..4 {
-        let body = sync(&n, &bob, since.as_deref()).await;
+        let body = n.sync(&bob, since.as_deref()).await;
         let got = to_device(&body);
         batches.push(got.len());
         seen.extend(got.iter().map(|e| e["content"]["i"].as_i64().expect("i")));
@@ -222,8 +163,8 @@ async fn star_reaches_every_device_and_named_devices_get_their_own() {
     let n = TestNode::start().await;
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
-    let bob2 = login(&n, &bob, "BOBTWO").await;
-    let bob3 = login(&n, &bob, "BOBTHREE").await;
+    let bob2 = n.login(&bob, "BOBTWO").await;
+    let bob3 = n.login(&bob, "BOBTHREE").await;
 
     send_ok(
         &n,
@@ -242,7 +183,7 @@ async fn star_reaches_every_device_and_named_devices_get_their_own() {
     )
     .await;
     for (device, mixed) in [(&bob, "rest"), (&bob2, "two"), (&bob3, "rest")] {
-        let got = to_device(&sync(&n, device, None).await);
+        let got = to_device(&n.sync(device, None).await);
         assert_eq!(
             got,
             [
@@ -273,21 +214,21 @@ async fn unknown_and_remote_targets_are_skipped() {
         }),
     )
     .await;
-    let got = to_device(&sync(&n, &bob, None).await);
+    let got = to_device(&n.sync(&bob, None).await);
     assert_eq!(
         got,
         [json!({"sender": alice.user_id, "type": "m.test", "content": {"ok": true}})]
     );
     // Logging in as the device named too early does not reveal a message.
-    let late = login(&n, &bob, "NOSUCHDEVICE").await;
-    assert!(to_device(&sync(&n, &late, None).await).is_empty());
+    let late = n.login(&bob, "NOSUCHDEVICE").await;
+    assert!(to_device(&n.sync(&late, None).await).is_empty());
 }
 
 #[tokio::test]
 async fn retried_transaction_sends_once() {
     let n = TestNode::start().await;
     let alice = n.register("alice").await;
-    let alice2 = login(&n, &alice, "ALICETWO").await;
+    let alice2 = n.login(&alice, "ALICETWO").await;
     let bob = n.register("bob").await;
     let to_bob = |c: Value| json!({bob.user_id.clone(): {bob.device_id.clone(): c}});
 
@@ -296,7 +237,7 @@ async fn retried_transaction_sends_once() {
     // The transaction is scoped to the device and to the event type in the path.
     send_ok(&n, &alice, "m.other", "same", to_bob(json!({"n": 2}))).await;
     send_ok(&n, &alice2, "m.test", "same", to_bob(json!({"n": 3}))).await;
-    let got: Vec<Value> = to_device(&sync(&n, &bob, None).await)
+    let got: Vec<Value> = to_device(&n.sync(&bob, None).await)
         .iter()
         .map(|e| e["content"]["n"].clone())
         .collect();
@@ -360,7 +301,7 @@ async fn bad_requests_are_refused_and_send_nothing() {
         413,
         "M_TOO_LARGE",
     );
-    assert!(to_device(&sync(&n, &bob, None).await).is_empty(), "nothing sent");
+    assert!(to_device(&n.sync(&bob, None).await).is_empty(), "nothing sent");
 
     // The failed attempts did not use up the transaction ID.
     send_ok(
@@ -371,7 +312,7 @@ async fn bad_requests_are_refused_and_send_nothing() {
         json!({bob.user_id.clone(): {"*": {"ok": 1}}}),
     )
     .await;
-    assert_eq!(to_device(&sync(&n, &bob, None).await).len(), 1);
+    assert_eq!(to_device(&n.sync(&bob, None).await).len(), 1);
 }
 
 #[tokio::test]
@@ -379,7 +320,7 @@ async fn a_to_device_message_wakes_a_long_poll() {
     let n = TestNode::start().await;
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
-    let t0 = next_batch(&sync(&n, &bob, None).await);
+    let t0 = next_batch(&n.sync(&bob, None).await);
     let (url, token) = (n.url.clone(), bob.token.clone());
     let poll = tokio::spawn(async move {
         let start = Instant::now();

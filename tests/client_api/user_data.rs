@@ -6,32 +6,10 @@ mod ephemeral;
 mod profile;
 mod sync;
 
-use rusqlite::OptionalExtension;
-use serde_json::json;
-
 use crate::common::*;
+use rusqlite::OptionalExtension;
 
 pub const V3: &str = "/_matrix/client/v3";
-
-/// Sends a text message; returns its event ID.
-pub async fn send_text(n: &TestNode, user: &User, room: &str, txn: &str) -> String {
-    let (status, body) = n
-        .put(
-            &format!("{V3}/rooms/{}/send/m.room.message/{txn}", enc(room)),
-            &user.token,
-            json!({"msgtype": "m.text", "body": txn}),
-        )
-        .await;
-    assert_eq!(status, 200, "send: {body}");
-    body["event_id"].as_str().expect("event_id").to_owned()
-}
-
-pub async fn join(n: &TestNode, user: &User, room: &str) {
-    let (status, body) = n
-        .post(&format!("{V3}/join/{}", enc(room)), &user.token, json!({}))
-        .await;
-    assert_eq!(status, 200, "join: {body}");
-}
 
 /// Reads the node's database directly, for what no endpoint shows.
 pub fn db(n: &TestNode) -> rusqlite::Connection {

@@ -41,7 +41,7 @@ async fn backward_and_forward_pagination_return_every_event_once() {
     let alice = n.register("alice").await;
     let room = n.create_room(&alice, json!({"name": "fifty"})).await;
     for i in 0..50 {
-        say(&n, &alice, &room, &format!("m{i}")).await;
+        n.send_text(&alice, &room, &format!("m{i}")).await;
     }
     let back = page_all(&n, &alice, &room, "b", 7).await;
     let want: Vec<String> = (0..50).rev().map(|i| format!("m{i}")).collect();
@@ -100,8 +100,8 @@ async fn messages_filter_and_bad_parameters() {
     let bob = n.register("bob").await;
     let room = shared_room(&n, &alice, &bob).await;
     for i in 0..3 {
-        say(&n, &alice, &room, &format!("a{i}")).await;
-        say(&n, &bob, &room, &format!("b{i}")).await;
+        n.send_text(&alice, &room, &format!("a{i}")).await;
+        n.send_text(&bob, &room, &format!("b{i}")).await;
     }
     let res = send_raw(
         &n,
@@ -164,7 +164,7 @@ async fn context_returns_events_around() {
     let room = n.create_room(&alice, json!({})).await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(say(&n, &alice, &room, &format!("c{i}")).await);
+        ids.push(n.send_text(&alice, &room, &format!("c{i}")).await);
     }
     let path = room_path(&room, &format!("context/{}?limit=4", enc(&ids[2])));
     let (s, ctx) = n.get(&path, &alice.token).await;
@@ -226,7 +226,7 @@ async fn relations_return_reactions_and_edits() {
     let n = TestNode::start().await;
     let alice = n.register("alice").await;
     let room = n.create_room(&alice, json!({})).await;
-    let parent = say(&n, &alice, &room, "original").await;
+    let parent = n.send_text(&alice, &room, "original").await;
     let reaction = json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": parent, "key": "👍"}});
     let (s, r) = send_raw(&n, &alice, &room, "m.reaction", "react", reaction.clone()).await;
     assert_eq!(s, 200, "{r}");
@@ -241,7 +241,7 @@ async fn relations_return_reactions_and_edits() {
     let (s, e) = send_raw(&n, &alice, &room, "m.room.message", "edit", edit).await;
     assert_eq!(s, 200, "{e}");
     let edit_id = e["event_id"].clone();
-    say(&n, &alice, &room, "unrelated").await;
+    n.send_text(&alice, &room, "unrelated").await;
 
     let rel = |rest: &str| {
         format!(

@@ -1,6 +1,5 @@
 //! Sending: transactions, bad bodies, permissions, state, redaction.
 
-use reqwest::Method;
 use serde_json::json;
 
 use super::*;
@@ -34,16 +33,7 @@ async fn send_retry_with_same_txn_returns_same_event_and_stores_one() {
         .await;
     assert_eq!(ev["unsigned"]["transaction_id"], "t1", "{ev}");
     assert_eq!(ev["content"]["body"], "once");
-    let (s, login) = n
-        .call(
-            Method::POST,
-            "/_matrix/client/v3/login",
-            None,
-            Some(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw-alice"})),
-        )
-        .await;
-    assert_eq!(s, 200, "{login}");
-    let other = login["access_token"].as_str().expect("token");
+    let other = &n.login(&alice, "OTHER").await.token;
     let (_, ev) = n
         .get(&room_path(&room, &format!("event/{}", enc(event_id))), other)
         .await;
@@ -108,7 +98,9 @@ async fn bad_bodies_are_rejected_and_change_nothing() {
         )
         .await;
     assert_err(&res, 400, "M_BAD_JSON");
-    let res = put_state(&n, &alice, &room, "m.room.topic", "", json!("a string")).await;
+    let res = n
+        .state_put(&alice, &room, "m.room.topic", "", json!("a string"))
+        .await;
     assert_err(&res, 400, "M_BAD_JSON");
 
     let (_, after) = n
@@ -143,7 +135,7 @@ async fn non_members_and_unprivileged_members_are_refused() {
     let bob = n.register("bob").await;
     let carol = n.register("carol").await;
     let room = shared_room(&n, &alice, &bob).await;
-    let msg = say(&n, &alice, &room, "members only").await;
+    let msg = n.send_text(&alice, &room, "members only").await;
 
     let res = send_raw(&n, &carol, &room, "m.room.message", "c1", json!({"body": "hi"})).await;
     assert_err(&res, 403, "M_FORBIDDEN");
@@ -166,7 +158,9 @@ async fn non_members_and_unprivileged_members_are_refused() {
     assert_err(&res, 404, "M_NOT_FOUND");
 
     // Bob is joined but has power 0; m.room.name needs 50.
-    let res = put_state(&n, &bob, &room, "m.room.name", "", json!({"name": "bob's room"})).await;
+    let res = n
+        .state_put(&bob, &room, "m.room.name", "", json!({"name": "bob's room"}))
+        .await;
     assert_err(&res, 403, "M_FORBIDDEN");
     let res = n.get(&room_path(&room, "state/m.room.name/"), &bob.token).await;
     assert_err(&res, 404, "M_NOT_FOUND");
@@ -195,7 +189,9 @@ async fn state_round_trip() {
         .get(&room_path(&room, "state/m.room.topic/"), &alice.token)
         .await;
     assert_err(&res, 404, "M_NOT_FOUND");
-    let res = put_state(&n, &alice, &room, "m.room.topic", "", json!({"topic": "first"})).await;
+    let res = n
+        .state_put(&alice, &room, "m.room.topic", "", json!({"topic": "first"}))
+        .await;
     assert_eq!(res.0, 200, "{:?}", res);
     // Without the state key segment, with and without the trailing slash.
     let (s, put) = n
@@ -228,7 +224,9 @@ async fn state_round_trip() {
     assert_err(&res, 400, "M_INVALID_PARAM");
 
     // A custom state key with characters that need encoding.
-    let res = put_state(&n, &alice, &room, "org.example.thing", "a/b c", json!({"v": 1})).await;
+    let res = n
+        .state_put(&alice, &room, "org.example.thing", "a/b c", json!({"v": 1}))
+        .await;
     assert_eq!(res.0, 200, "{:?}", res);
     let (s, content) = n
         .get(
@@ -275,8 +273,8 @@ async fn redaction_needs_power_over_others_and_strips_content() {
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
     let room = shared_room(&n, &alice, &bob).await;
-    let by_alice = say(&n, &alice, &room, "alice's words").await;
-    let by_bob = say(&n, &bob, &room, "bob's words").await;
+    let by_alice = n.send_text(&alice, &room, "alice's words").await;
+    let by_bob = n.send_text(&bob, &room, "bob's words").await;
     let event = |id: &str| room_path(&room, &format!("event/{}", enc(id)));
 
     // Bob (power 0) may not redact Alice's event, by either endpoint.
@@ -319,7 +317,7 @@ async fn redaction_needs_power_over_others_and_strips_content() {
     assert_eq!(redaction["content"]["reason"], "spam");
 
     // Bob may redact his own events, here through /send.
-    let own = say(&n, &bob, &room, "oops").await;
+    let own = n.send_text(&bob, &room, "oops").await;
     let res = send_raw(&n, &bob, &room, "m.room.redaction", "r3", json!({"redacts": own})).await;
     assert_eq!(res.0, 200, "{:?}", res);
     let (_, ev) = n.get(&event(&own), &bob.token).await;

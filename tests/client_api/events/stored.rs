@@ -92,8 +92,8 @@ async fn every_stored_event_verifies() {
             )
             .await;
         set_membership(&n, &bob, &room, "join").await;
-        say(&n, &bob, &room, "hello").await;
-        let doomed = say(&n, &alice, &room, "to be redacted").await;
+        n.send_text(&bob, &room, "hello").await;
+        let doomed = n.send_text(&alice, &room, "to be redacted").await;
         let (s, r) = n
             .put(
                 &room_path(&room, &format!("redact/{}/r", enc(&doomed))),
@@ -109,7 +109,9 @@ async fn every_stored_event_verifies() {
             )
             .await;
         assert_eq!(ev["content"], json!({}), "v{version}: {ev}");
-        let res = put_state(&n, &alice, &room, "m.room.topic", "", json!({"topic": "t"})).await;
+        let res = n
+            .state_put(&alice, &room, "m.room.topic", "", json!({"topic": "t"}))
+            .await;
         assert_eq!(res.0, 200);
         assert_eq!(verify_room(&n, &room), 1, "v{version}: one redacted event");
     }

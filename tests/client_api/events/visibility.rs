@@ -5,24 +5,16 @@ use serde_json::json;
 use super::*;
 
 async fn set_visibility(n: &TestNode, u: &User, room: &str, v: &str) {
-    let res = put_state(
-        n,
-        u,
-        room,
-        "m.room.history_visibility",
-        "",
-        json!({"history_visibility": v}),
-    )
-    .await;
-    assert_eq!(res.0, 200, "{:?}", res);
-}
-
-async fn all_bodies(n: &TestNode, u: &User, room: &str) -> Vec<String> {
-    let (s, page) = n
-        .get(&room_path(room, "messages?dir=f&limit=1000"), &u.token)
+    let res = n
+        .state_put(
+            u,
+            room,
+            "m.room.history_visibility",
+            "",
+            json!({"history_visibility": v}),
+        )
         .await;
-    assert_eq!(s, 200, "{page}");
-    bodies(&page["chunk"])
+    assert_eq!(res.0, 200, "{:?}", res);
 }
 
 #[tokio::test]
@@ -34,14 +26,14 @@ async fn joined_visibility_hides_history_from_newcomers_and_leavers_see_up_to_le
         .create_room(&alice, json!({"preset": "public_chat", "topic": "old topic"}))
         .await;
     // `shared`: bob will see this though he joins later.
-    say(&n, &alice, &room, "shared before").await;
+    n.send_text(&alice, &room, "shared before").await;
     set_visibility(&n, &alice, &room, "joined").await;
-    let hidden = say(&n, &alice, &room, "hidden").await;
+    let hidden = n.send_text(&alice, &room, "hidden").await;
     set_membership(&n, &bob, &room, "join").await;
-    say(&n, &alice, &room, "while joined").await;
+    n.send_text(&alice, &room, "while joined").await;
 
     assert_eq!(
-        all_bodies(&n, &bob, &room).await,
+        n.message_bodies(&bob, &room, "dir=f&limit=1000").await,
         vec!["shared before", "while joined"]
     );
     let res = n
@@ -56,26 +48,20 @@ async fn joined_visibility_hides_history_from_newcomers_and_leavers_see_up_to_le
         .await;
     assert_err(&res, 404, "M_NOT_FOUND");
     assert_eq!(
-        all_bodies(&n, &alice, &room).await,
+        n.message_bodies(&alice, &room, "dir=f&limit=1000").await,
         vec!["shared before", "hidden", "while joined"]
     );
 
     set_membership(&n, &bob, &room, "leave").await;
-    let after = say(&n, &alice, &room, "after bob left").await;
-    let res = put_state(
-        &n,
-        &alice,
-        &room,
-        "m.room.topic",
-        "",
-        json!({"topic": "new topic"}),
-    )
-    .await;
+    let after = n.send_text(&alice, &room, "after bob left").await;
+    let res = n
+        .state_put(&alice, &room, "m.room.topic", "", json!({"topic": "new topic"}))
+        .await;
     assert_eq!(res.0, 200);
 
     // Bob sees up to his leave, and the state as it was then.
     assert_eq!(
-        all_bodies(&n, &bob, &room).await,
+        n.message_bodies(&bob, &room, "dir=f&limit=1000").await,
         vec!["shared before", "while joined"]
     );
     let (_, back) = n
@@ -113,14 +99,17 @@ async fn world_readable_rooms_can_be_read_by_anyone() {
     let alice = n.register("alice").await;
     let carol = n.register("carol").await;
     let room = n.create_room(&alice, json!({})).await;
-    let private = say(&n, &alice, &room, "before").await;
+    let private = n.send_text(&alice, &room, "before").await;
     let res = n.get(&room_path(&room, "messages?dir=b"), &carol.token).await;
     assert_err(&res, 403, "M_FORBIDDEN");
 
     set_visibility(&n, &alice, &room, "world_readable").await;
-    let public = say(&n, &alice, &room, "public").await;
+    let public = n.send_text(&alice, &room, "public").await;
     // Only what was sent while world_readable; `shared` history stays with members.
-    assert_eq!(all_bodies(&n, &carol, &room).await, vec!["public"]);
+    assert_eq!(
+        n.message_bodies(&carol, &room, "dir=f&limit=1000").await,
+        vec!["public"]
+    );
     let (s, ev) = n
         .get(
             &room_path(&room, &format!("event/{}", enc(&public))),

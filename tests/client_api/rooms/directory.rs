@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{V3, delete, join};
+use super::{V3, delete};
 use crate::common::*;
 
 #[tokio::test]
@@ -13,7 +13,7 @@ async fn alias_put_get_delete() {
     let bob = n.register("bob").await;
     let carol = n.register("carol").await;
     let room = n.create_room(&alice, json!({"preset": "public_chat"})).await;
-    assert_eq!(join(&n, &bob, &room).await.0, 200);
+    n.join(&bob, &room).await;
     let alias = format!("#hall:{}", n.server_name());
     let path = |a: &str| format!("{V3}/directory/room/{}", enc(a));
 
@@ -105,7 +105,7 @@ async fn directory_visibility() {
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
     let room = n.create_room(&alice, json!({"preset": "public_chat"})).await;
-    assert_eq!(join(&n, &bob, &room).await.0, 200);
+    n.join(&bob, &room).await;
     let path = format!("{V3}/directory/list/room/{}", enc(&room));
     let visibility = || async { n.call(Method::GET, &path, None, None).await };
 
@@ -155,7 +155,7 @@ async fn public_rooms_list_filter_and_paginate() {
                    "room_alias_name": "cats"}),
         )
         .await;
-    assert_eq!(join(&n, &bob, &cats).await.0, 200);
+    n.join(&bob, &cats).await;
     let dogs = n
         .create_room(
             &alice,

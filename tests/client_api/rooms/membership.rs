@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use super::{V3, act, ids, join, joined_rooms, members, membership_of, room_path};
+use super::{V3, act, ids, join, joined_rooms, member_event, members, membership_of, room_path};
 use crate::common::*;
 
 #[tokio::test]
@@ -63,11 +63,7 @@ async fn invite_then_join_private_room() {
     .await;
     assert_eq!(res.0, 200, "{:?}", res);
     assert_eq!(res.1, json!({}));
-    let chunk = members(&n, &alice, &room, "").await;
-    let invite = chunk
-        .iter()
-        .find(|e| e["state_key"] == bob.user_id.as_str())
-        .expect("invite");
+    let invite = member_event(&n, &alice, &room, "", &bob).await;
     assert_eq!(invite["content"]["membership"], "invite");
     assert_eq!(invite["content"]["reason"], "welcome");
     assert_eq!(invite["content"]["displayname"], "Bobby");
@@ -82,22 +78,14 @@ async fn invite_then_join_private_room() {
     )
     .await;
     assert_eq!(res.0, 200, "{:?}", res);
-    let again = members(&n, &alice, &room, "").await;
-    let again = again
-        .iter()
-        .find(|e| e["state_key"] == bob.user_id.as_str())
-        .expect("invite");
+    let again = member_event(&n, &alice, &room, "", &bob).await;
     assert_eq!(again["event_id"], invite["event_id"]);
 
     // The invitee joins; the event carries the profile.
     let res = act(&n, &bob, &room, "join", json!({"reason": "hi"})).await;
     assert_eq!(res.0, 200, "{:?}", res);
     assert_eq!(res.1["room_id"], room.as_str());
-    let chunk = members(&n, &bob, &room, "").await;
-    let joined = chunk
-        .iter()
-        .find(|e| e["state_key"] == bob.user_id.as_str())
-        .expect("join");
+    let joined = member_event(&n, &bob, &room, "", &bob).await;
     assert_eq!(joined["content"]["membership"], "join");
     assert_eq!(joined["content"]["displayname"], "Bobby");
     assert_eq!(joined["content"]["reason"], "hi");
@@ -108,11 +96,7 @@ async fn invite_then_join_private_room() {
     // Joining again with the same content is a no-op.
     let res = act(&n, &bob, &room, "join", json!({"reason": "hi"})).await;
     assert_eq!(res.0, 200, "{:?}", res);
-    let chunk = members(&n, &bob, &room, "").await;
-    let same = chunk
-        .iter()
-        .find(|e| e["state_key"] == bob.user_id.as_str())
-        .expect("join");
+    let same = member_event(&n, &bob, &room, "", &bob).await;
     assert_eq!(same["event_id"], joined["event_id"]);
 
     // A joined user cannot be invited.
@@ -207,7 +191,7 @@ async fn kick_ban_unban_need_power() {
     let carol = n.register("carol").await;
     let room = n.create_room(&alice, json!({"preset": "public_chat"})).await;
     for u in [&bob, &carol] {
-        assert_eq!(join(&n, u, &room).await.0, 200);
+        n.join(u, &room).await;
     }
 
     // Bob has power 0: he can neither kick nor ban.
@@ -264,11 +248,7 @@ async fn kick_ban_unban_need_power() {
     )
     .await;
     assert_eq!(res.0, 200, "{:?}", res);
-    let chunk = members(&n, &alice, &room, "").await;
-    let kicked = chunk
-        .iter()
-        .find(|e| e["state_key"] == carol.user_id.as_str())
-        .expect("kick");
+    let kicked = member_event(&n, &alice, &room, "", &carol).await;
     assert_eq!(kicked["content"]["membership"], "leave");
     assert_eq!(kicked["content"]["reason"], "spam");
     assert_eq!(kicked["sender"], alice.user_id.as_str());
@@ -279,7 +259,7 @@ async fn kick_ban_unban_need_power() {
         403,
         "M_FORBIDDEN",
     );
-    assert_eq!(join(&n, &carol, &room).await.0, 200);
+    n.join(&carol, &room).await;
 
     // Banned: cannot rejoin, leave or be invited; unban lets them join again.
     let res = act(
@@ -319,7 +299,7 @@ async fn kick_ban_unban_need_power() {
         403,
         "M_FORBIDDEN",
     );
-    assert_eq!(join(&n, &carol, &room).await.0, 200);
+    n.join(&carol, &room).await;
 
     // Banning a user who never joined works too (pre-emptive ban).
     let dave = n.register("dave").await;
@@ -335,7 +315,7 @@ async fn leave_reject_and_forget() {
     let bob = n.register("bob").await;
     let carol = n.register("carol").await;
     let room = n.create_room(&alice, json!({"preset": "public_chat"})).await;
-    assert_eq!(join(&n, &bob, &room).await.0, 200);
+    n.join(&bob, &room).await;
 
     let unknown = format!("!unknown:{}", n.server_name());
     assert_err(
@@ -368,8 +348,7 @@ async fn leave_reject_and_forget() {
     );
 
     // A former member sees the members as of their leave, not later changes.
-    let res = act(&n, &alice, &room, "invite", json!({"user_id": carol.user_id})).await;
-    assert_eq!(res.0, 200);
+    n.invite(&alice, &room, &carol).await;
     let seen = members(&n, &bob, &room, "").await;
     assert_eq!(membership_of(&seen, &bob.user_id).as_deref(), Some("leave"));
     assert_eq!(membership_of(&seen, &carol.user_id), None);
@@ -384,7 +363,7 @@ async fn leave_reject_and_forget() {
         400,
         "M_UNKNOWN",
     );
-    assert_eq!(act(&n, &carol, &room, "leave", json!({})).await.0, 200);
+    n.leave(&carol, &room).await;
     assert_eq!(
         membership_of(&members(&n, &alice, &room, "").await, &carol.user_id).as_deref(),
         Some("leave")
@@ -399,7 +378,7 @@ async fn leave_reject_and_forget() {
     assert_eq!(res.1, json!({}));
     let res = n.get(&room_path(&room, "members"), &bob.token).await;
     assert_err(&res, 403, "M_FORBIDDEN");
-    assert_eq!(join(&n, &bob, &room).await.0, 200);
+    n.join(&bob, &room).await;
     assert_eq!(
         membership_of(&members(&n, &bob, &room, "").await, &carol.user_id).as_deref(),
         Some("leave")
@@ -416,13 +395,13 @@ async fn members_membership_filters() {
     let eve = n.register("eve").await;
     let room = n.create_room(&alice, json!({"preset": "public_chat"})).await;
     for u in [&bob, &eve] {
-        assert_eq!(join(&n, u, &room).await.0, 200);
+        n.join(u, &room).await;
     }
     let invite = json!({"user_id": carol.user_id});
     assert_eq!(act(&n, &alice, &room, "invite", invite).await.0, 200);
     let ban = json!({"user_id": dave.user_id});
     assert_eq!(act(&n, &alice, &room, "ban", ban).await.0, 200);
-    assert_eq!(act(&n, &eve, &room, "leave", json!({})).await.0, 200);
+    n.leave(&eve, &room).await;
 
     let mut all = vec![&alice, &bob, &carol, &dave, &eve]
         .into_iter()
@@ -492,14 +471,10 @@ async fn restricted_room_join_checks_allow_list() {
     assert_err(&join(&n, &bob, &room).await, 403, "M_FORBIDDEN");
     let invite = json!({"user_id": bob.user_id});
     assert_eq!(act(&n, &alice, &space, "invite", invite).await.0, 200);
-    assert_eq!(join(&n, &bob, &space).await.0, 200);
+    n.join(&bob, &space).await;
     let res = join(&n, &bob, &room).await;
     assert_eq!(res.0, 200, "{:?}", res);
-    let chunk = members(&n, &bob, &room, "?membership=join").await;
-    let ev = chunk
-        .iter()
-        .find(|e| e["state_key"] == bob.user_id.as_str())
-        .expect("join");
+    let ev = member_event(&n, &bob, &room, "?membership=join", &bob).await;
     assert_eq!(
         ev["content"]["join_authorised_via_users_server"],
         alice.user_id.as_str()

@@ -79,15 +79,15 @@ async fn local_users_show_their_global_profile_not_a_room_nickname() {
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
     let room = shared_room(&n, &alice, &bob).await;
-    let res = crate::events::put_state(
-        &n,
-        &bob,
-        &room,
-        "m.room.member",
-        &bob.user_id,
-        json!({"membership": "join", "displayname": "Nickname"}),
-    )
-    .await;
+    let res = n
+        .state_put(
+            &bob,
+            &room,
+            "m.room.member",
+            &bob.user_id,
+            json!({"membership": "join", "displayname": "Nickname"}),
+        )
+        .await;
     assert_eq!(res.0, 200, "{:?}", res);
     let (_, res) = search(&n, &alice, json!({"search_term": "nickname"})).await;
     assert_eq!(ids(&res), Vec::<&str>::new());

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::count_rows;
 use crate::common::*;
-use crate::events::{put_state, room_path, say, set_membership, shared_room};
+use crate::events::{room_path, set_membership, shared_room};
 
 #[tokio::test]
 async fn members_report_events_they_can_see() {
@@ -14,7 +14,7 @@ async fn members_report_events_they_can_see() {
     let bob = n.register("bob").await;
     let carol = n.register("carol").await;
     let room = shared_room(&n, &alice, &bob).await;
-    let msg = say(&n, &alice, &room, "offensive").await;
+    let msg = n.send_text(&alice, &room, "offensive").await;
     let report = |event: &str| room_path(&room, &format!("report/{}", enc(event)));
 
     let res = n
@@ -45,7 +45,7 @@ async fn members_report_events_they_can_see() {
         "M_NOT_FOUND",
     );
     let other = shared_room(&n, &alice, &bob).await;
-    let elsewhere = say(&n, &alice, &other, "elsewhere").await;
+    let elsewhere = n.send_text(&alice, &other, "elsewhere").await;
     assert_err(
         &n.post(&report(&elsewhere), &bob.token, json!({})).await,
         404,
@@ -78,19 +78,19 @@ async fn events_hidden_by_history_visibility_cannot_be_reported() {
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
     let room = n.create_room(&alice, json!({"preset": "public_chat"})).await;
-    let res = put_state(
-        &n,
-        &alice,
-        &room,
-        "m.room.history_visibility",
-        "",
-        json!({"history_visibility": "joined"}),
-    )
-    .await;
+    let res = n
+        .state_put(
+            &alice,
+            &room,
+            "m.room.history_visibility",
+            "",
+            json!({"history_visibility": "joined"}),
+        )
+        .await;
     assert_eq!(res.0, 200);
-    let hidden = say(&n, &alice, &room, "before bob").await;
+    let hidden = n.send_text(&alice, &room, "before bob").await;
     set_membership(&n, &bob, &room, "join").await;
-    let seen = say(&n, &alice, &room, "after bob").await;
+    let seen = n.send_text(&alice, &room, "after bob").await;
     let report = |event: &str| room_path(&room, &format!("report/{}", enc(event)));
     assert_err(
         &n.post(&report(&hidden), &bob.token, json!({})).await,

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::{V3, relate, send};
 use crate::common::*;
-use crate::events::{room_path, say, set_membership, shared_room};
+use crate::events::{room_path, set_membership, shared_room};
 
 fn threads_path(room: &str, query: &str) -> String {
     format!("/_matrix/client/v1/rooms/{}/threads{query}", enc(room))
@@ -43,12 +43,12 @@ async fn threads_list_roots_by_latest_reply_with_summaries() {
     let carol = n.register("carol").await;
     let room = shared_room(&n, &alice, &bob).await;
     set_membership(&n, &carol, &room, "join").await;
-    let first = say(&n, &alice, &room, "first root").await;
-    let second = say(&n, &bob, &room, "second root").await;
+    let first = n.send_text(&alice, &room, "first root").await;
+    let second = n.send_text(&bob, &room, "second root").await;
     relate(&n, &bob, &room, &first, "m.thread", "bob in first").await;
     relate(&n, &alice, &room, &second, "m.thread", "alice in second").await;
     let latest = relate(&n, &alice, &room, &first, "m.thread", "alice in first").await;
-    say(&n, &alice, &room, "no thread").await;
+    n.send_text(&alice, &room, "no thread").await;
 
     let page = threads(&n, &carol, &room, "").await;
     assert_eq!(chunk_ids(&page), [first.as_str(), second.as_str()]);
@@ -122,7 +122,7 @@ async fn event_and_messages_bundle_threads_edits_and_references() {
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
     let room = shared_room(&n, &alice, &bob).await;
-    let root = say(&n, &alice, &room, "original").await;
+    let root = n.send_text(&alice, &room, "original").await;
     let reply = relate(&n, &bob, &room, &root, "m.thread", "a reply").await;
     let reply_edit = relate(&n, &bob, &room, &reply, "m.replace", "an edited reply").await;
     relate(&n, &alice, &room, &root, "m.replace", "first edit").await;
@@ -213,7 +213,7 @@ async fn aggregations_skip_ignored_users_and_replies_after_leaving() {
     let carol = n.register("carol").await;
     let room = shared_room(&n, &alice, &bob).await;
     set_membership(&n, &carol, &room, "join").await;
-    let root = say(&n, &alice, &room, "root").await;
+    let root = n.send_text(&alice, &room, "root").await;
     let by_alice = relate(&n, &alice, &room, &root, "m.thread", "alice").await;
     relate(&n, &bob, &room, &root, "m.thread", "bob").await;
 
@@ -259,7 +259,7 @@ async fn roots_by_ignored_users_are_listed_redacted() {
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
     let room = shared_room(&n, &alice, &bob).await;
-    let root = say(&n, &bob, &room, "bob's root").await;
+    let root = n.send_text(&bob, &room, "bob's root").await;
     relate(&n, &alice, &room, &root, "m.thread", "alice replies").await;
     let ignore = format!(
         "{V3}/user/{}/account_data/m.ignored_user_list",

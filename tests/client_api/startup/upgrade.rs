@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::{V3, state};
 use crate::common::*;
-use crate::events::{put_state, room_path, say, send_raw, set_membership};
+use crate::events::{room_path, send_raw, set_membership};
 
 async fn upgrade(n: &TestNode, u: &User, room: &str, body: Value) -> (u16, Value) {
     n.post(&room_path(room, "upgrade"), &u.token, body).await
@@ -48,7 +48,7 @@ async fn upgrade_copies_state_moves_aliases_and_tombstones_the_old_room() {
         )
         .await;
     set_membership(&n, &bob, &old, "join").await;
-    let last = say(&n, &bob, &old, "last words").await;
+    let last = n.send_text(&bob, &old, "last words").await;
 
     let new = upgraded(&n, &alice, &old, "12").await;
     assert_ne!(new, old);
@@ -195,9 +195,7 @@ async fn moderator_with_tombstone_power_upgrades_and_levels_are_kept() {
     pl["users"][&bob.user_id] = json!(50);
     pl["events"]["m.room.tombstone"] = json!(50);
     assert_eq!(
-        put_state(&n, &alice, &room, "m.room.power_levels", "", pl)
-            .await
-            .0,
+        n.state_put(&alice, &room, "m.room.power_levels", "", pl).await.0,
         200
     );
 
@@ -225,15 +223,15 @@ async fn a_room_without_guest_access_stays_closed_to_guests() {
     let alice = n.register("alice").await;
     // The public preset sends no m.room.guest_access; then the room goes invite-only.
     let room = n.create_room(&alice, json!({"preset": "public_chat"})).await;
-    let res = put_state(
-        &n,
-        &alice,
-        &room,
-        "m.room.join_rules",
-        "",
-        json!({"join_rule": "invite"}),
-    )
-    .await;
+    let res = n
+        .state_put(
+            &alice,
+            &room,
+            "m.room.join_rules",
+            "",
+            json!({"join_rule": "invite"}),
+        )
+        .await;
     assert_eq!(res.0, 200);
     let new = upgraded(&n, &alice, &room, "12").await;
     assert_eq!(

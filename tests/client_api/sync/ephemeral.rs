@@ -12,7 +12,7 @@ async fn ephemeral_and_account_data() {
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
     let room = shared_room(&n, &alice, &bob).await;
-    let event_id = send(&n, &alice, &room, "t1", "read me").await;
+    let event_id = n.send_text_txn(&alice, &room, "t1", "read me").await;
     let base = sync(&n, &bob, "").await;
     let base = sync(&n, &bob, &since(&base)).await;
 

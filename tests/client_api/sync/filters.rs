@@ -46,8 +46,8 @@ async fn filter_upload_and_download() {
 
     // The stored filter applies to /sync by ID.
     let room = n.create_room(&alice, json!({})).await;
-    send(&n, &alice, &room, "t1", "one").await;
-    send(&n, &alice, &room, "t2", "two").await;
+    n.send_text_txn(&alice, &room, "t1", "one").await;
+    n.send_text_txn(&alice, &room, "t2", "two").await;
     let body = sync(&n, &alice, &format!("filter={}", enc(&id))).await;
     let timeline = events(&body["rooms"]["join"][&room], "timeline");
     assert_eq!(timeline.len(), 1);
@@ -76,7 +76,7 @@ async fn filter_limits_types_and_rooms() {
     let alice = n.register("alice").await;
     let room = n.create_room(&alice, json!({"name": "Kept", "topic": "t"})).await;
     let other = n.create_room(&alice, json!({})).await;
-    send(&n, &alice, &room, "t1", "hi").await;
+    n.send_text_txn(&alice, &room, "t1", "hi").await;
 
     let f = filter_param(json!({
         "room": {

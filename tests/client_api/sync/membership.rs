@@ -13,7 +13,7 @@ async fn invite_shows_with_invite_state() {
     let before = sync(&n, &bob, "").await;
     assert_eq!(before["rooms"]["invite"], json!({}));
 
-    invite(&n, &alice, &room, &bob).await;
+    n.invite(&alice, &room, &bob).await;
     let body = sync(&n, &bob, &since(&before)).await;
     assert!(body["rooms"]["join"].get(&room).is_none());
     let state = body["rooms"]["invite"][&room]["invite_state"]["events"]
@@ -38,7 +38,7 @@ async fn invite_shows_with_invite_state() {
     let again = sync(&n, &bob, &since(&body)).await;
     assert!(again["rooms"]["invite"].get(&room).is_none());
     assert!(sync(&n, &bob, "").await["rooms"]["invite"][&room].is_object());
-    join(&n, &bob, &room).await;
+    n.join(&bob, &room).await;
     let joined = sync(&n, &bob, &since(&again)).await;
     assert!(joined["rooms"]["invite"].get(&room).is_none());
     let r = &joined["rooms"]["join"][&room];
@@ -59,21 +59,14 @@ async fn leave_kick_and_forget() {
     let bob = n.register("bob").await;
     let carol = n.register("carol").await;
     let room = shared_room(&n, &alice, &bob).await;
-    invite(&n, &alice, &room, &carol).await;
-    join(&n, &carol, &room).await;
+    n.invite(&alice, &room, &carol).await;
+    n.join(&carol, &room).await;
     let bob_base = sync(&n, &bob, "").await;
     let carol_base = sync(&n, &carol, "").await;
 
-    send(&n, &alice, &room, "t1", "before you go").await;
-    let res = n
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
-            &bob.token,
-            json!({}),
-        )
-        .await;
-    assert_eq!(res.0, 200, "{:?}", res);
-    send(&n, &alice, &room, "t2", "after you left").await;
+    n.send_text_txn(&alice, &room, "t1", "before you go").await;
+    n.leave(&bob, &room).await;
+    n.send_text_txn(&alice, &room, "t2", "after you left").await;
 
     let body = sync(&n, &bob, &since(&bob_base)).await;
     assert!(body["rooms"]["join"].get(&room).is_none());
@@ -139,31 +132,24 @@ async fn history_visibility_limits_what_joiners_see() {
             json!({"initial_state": [{"type": "m.room.history_visibility", "content": {"history_visibility": "joined"}}]}),
         )
         .await;
-    send(&n, &alice, &room, "t1", "secret").await;
-    invite(&n, &alice, &room, &bob).await;
-    invite(&n, &alice, &room, &carol).await;
+    n.send_text_txn(&alice, &room, "t1", "secret").await;
+    n.invite(&alice, &room, &bob).await;
+    n.invite(&alice, &room, &carol).await;
     let carol_base = sync(&n, &carol, "").await;
-    join(&n, &bob, &room).await;
-    send(&n, &alice, &room, "t2", "after join").await;
+    n.join(&bob, &room).await;
+    n.send_text_txn(&alice, &room, "t2", "after join").await;
     let body = sync(&n, &bob, "").await;
     assert_eq!(bodies(&body["rooms"]["join"][&room]), ["after join"], "{body}");
 
     // Under the default `shared`, a joiner sees what came before.
     let open = n.create_room(&alice, json!({"invite": [bob.user_id]})).await;
-    send(&n, &alice, &open, "t3", "history").await;
-    join(&n, &bob, &open).await;
+    n.send_text_txn(&alice, &open, "t3", "history").await;
+    n.join(&bob, &open).await;
     let body = sync(&n, &bob, "").await;
     assert_eq!(bodies(&body["rooms"]["join"][&open]), ["history"], "{body}");
 
     // A rejected invite: the room leaves with only the rejection, none of the messages.
-    let res = n
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
-            &carol.token,
-            json!({}),
-        )
-        .await;
-    assert_eq!(res.0, 200, "{:?}", res);
+    n.leave(&carol, &room).await;
     let body = sync(&n, &carol, &since(&carol_base)).await;
     let timeline = events(&body["rooms"]["leave"][&room], "timeline");
     assert_eq!(timeline.len(), 1, "{body}");

@@ -12,8 +12,8 @@ async fn initial_sync_shows_room_state_and_messages() {
     let n = TestNode::start().await;
     let alice = n.register("alice").await;
     let room = n.create_room(&alice, json!({"name": "Lobby"})).await;
-    send(&n, &alice, &room, "t1", "hello").await;
-    send(&n, &alice, &room, "t2", "world").await;
+    n.send_text_txn(&alice, &room, "t1", "hello").await;
+    n.send_text_txn(&alice, &room, "t2", "world").await;
 
     let body = sync(&n, &alice, "").await;
     assert!(body["next_batch"].as_str().unwrap().starts_with('s'));
@@ -55,11 +55,11 @@ async fn incremental_sync_shows_only_new_events() {
     let alice = n.register("alice").await;
     let room = n.create_room(&alice, json!({})).await;
     let quiet = n.create_room(&alice, json!({})).await;
-    send(&n, &alice, &room, "t1", "old").await;
+    n.send_text_txn(&alice, &room, "t1", "old").await;
     let first = sync(&n, &alice, "").await;
     assert!(first["rooms"]["join"][&quiet].is_object());
 
-    send(&n, &alice, &room, "t2", "new").await;
+    n.send_text_txn(&alice, &room, "t2", "new").await;
     let second = sync(&n, &alice, &since(&first)).await;
     let r = &second["rooms"]["join"][&room];
     assert_eq!(bodies(r), ["new"]);
@@ -97,7 +97,7 @@ async fn long_poll_wakes_on_send() {
 
     let waiter = spawn_sync(&n, &bob, format!("{}&timeout=10000", since(&base)));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    send(&n, &alice, &room, "t1", "wake up").await;
+    n.send_text_txn(&alice, &room, "t1", "wake up").await;
     let (elapsed, body) = waiter.await.expect("waiter");
     assert!(elapsed < Duration::from_secs(5), "long-poll took {elapsed:?}");
     assert_eq!(bodies(&body["rooms"]["join"][&room]), ["wake up"], "{body}");
@@ -115,7 +115,8 @@ async fn timeline_limit_and_prev_batch() {
     let alice = n.register("alice").await;
     let room = n.create_room(&alice, json!({"name": "Busy"})).await;
     for i in 1..=5 {
-        send(&n, &alice, &room, &format!("t{i}"), &format!("m{i}")).await;
+        n.send_text_txn(&alice, &room, &format!("t{i}"), &format!("m{i}"))
+            .await;
     }
     let f = filter_param(json!({"room": {"timeline": {"limit": 2}}}));
     let body = sync(&n, &alice, &f).await;
@@ -149,7 +150,8 @@ async fn timeline_limit_and_prev_batch() {
 
     // Incremental: a gap bigger than the limit is reported as limited too.
     for i in 6..=8 {
-        send(&n, &alice, &room, &format!("t{i}"), &format!("m{i}")).await;
+        n.send_text_txn(&alice, &room, &format!("t{i}"), &format!("m{i}"))
+            .await;
     }
     let next = sync(&n, &alice, &format!("{}&{f}", since(&body))).await;
     let r = &next["rooms"]["join"][&room];
@@ -161,23 +163,10 @@ async fn timeline_limit_and_prev_batch() {
 async fn transaction_id_only_for_sending_device() {
     let n = TestNode::start().await;
     let alice = n.register("alice").await;
-    let (status, login) = n
-        .call(
-            Method::POST,
-            "/_matrix/client/v3/login",
-            None,
-            Some(json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw-alice"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{login}");
-    let phone = User {
-        user_id: alice.user_id.clone(),
-        token: login["access_token"].as_str().expect("token").to_owned(),
-        device_id: login["device_id"].as_str().expect("device").to_owned(),
-    };
+    let phone = n.login(&alice, "PHONE").await;
     assert_ne!(phone.device_id, alice.device_id);
     let room = n.create_room(&alice, json!({})).await;
-    let event_id = send(&n, &alice, &room, "txn-42", "mine").await;
+    let event_id = n.send_text_txn(&alice, &room, "txn-42", "mine").await;
 
     let find = |body: &Value| {
         events(&body["rooms"]["join"][&room], "timeline")

@@ -12,18 +12,18 @@ async fn device_lists_changed_after_a_key_upload() {
     let bob = n.register("bob").await;
     let carol = n.register("carol").await;
     shared_room(&n, &alice, &bob).await;
-    let initial = sync(&n, &bob, None).await;
+    let initial = n.sync(&bob, None).await;
     assert!(
         user_list(&initial, "changed").is_empty(),
         "only incremental syncs list changes"
     );
     let t0 = next_batch(&initial);
-    let alice_t0 = next_batch(&sync(&n, &alice, None).await);
+    let alice_t0 = next_batch(&n.sync(&alice, None).await);
 
     upload_keys(&n, &alice, json!({"device_keys": device_keys(&alice, "key-a")})).await;
     upload_keys(&n, &carol, json!({"device_keys": device_keys(&carol, "key-c")})).await;
 
-    let body = sync(&n, &bob, Some(&t0)).await;
+    let body = n.sync(&bob, Some(&t0)).await;
     assert_eq!(
         user_list(&body, "changed"),
         [alice.user_id.as_str()],
@@ -31,16 +31,16 @@ async fn device_lists_changed_after_a_key_upload() {
     );
     assert!(user_list(&body, "left").is_empty());
     let t1 = next_batch(&body);
-    assert!(user_list(&sync(&n, &bob, Some(&t1)).await, "changed").is_empty());
+    assert!(user_list(&n.sync(&bob, Some(&t1)).await, "changed").is_empty());
     // Alice's other devices need to hear about her own changes too.
     assert_eq!(
-        user_list(&sync(&n, &alice, Some(&alice_t0)).await, "changed"),
+        user_list(&n.sync(&alice, Some(&alice_t0)).await, "changed"),
         [alice.user_id.as_str()]
     );
 
     // Re-uploading the same keys changes nothing.
     upload_keys(&n, &alice, json!({"device_keys": device_keys(&alice, "key-a")})).await;
-    assert!(user_list(&sync(&n, &bob, Some(&t1)).await, "changed").is_empty());
+    assert!(user_list(&n.sync(&bob, Some(&t1)).await, "changed").is_empty());
 }
 
 #[tokio::test]
@@ -51,10 +51,10 @@ async fn device_lists_follow_joins_and_leaves() {
     let carol = n.register("carol").await;
     let room = shared_room(&n, &alice, &bob).await;
     let other = shared_room(&n, &alice, &carol).await;
-    let t0 = next_batch(&sync(&n, &bob, None).await);
+    let t0 = next_batch(&n.sync(&bob, None).await);
 
-    join(&n, &carol, &room).await;
-    let body = sync(&n, &bob, Some(&t0)).await;
+    n.join(&carol, &room).await;
+    let body = n.sync(&bob, Some(&t0)).await;
     assert_eq!(
         user_list(&body, "changed"),
         [carol.user_id.as_str()],
@@ -63,8 +63,8 @@ async fn device_lists_follow_joins_and_leaves() {
     assert!(user_list(&body, "left").is_empty());
     let t1 = next_batch(&body);
 
-    leave(&n, &carol, &room).await;
-    let body = sync(&n, &bob, Some(&t1)).await;
+    n.leave(&carol, &room).await;
+    let body = n.sync(&bob, Some(&t1)).await;
     assert_eq!(
         user_list(&body, "left"),
         [carol.user_id.as_str()],
@@ -74,15 +74,15 @@ async fn device_lists_follow_joins_and_leaves() {
     let t2 = next_batch(&body);
 
     // Bob joining a room shows him its members; leaving it, those he shares nothing else with.
-    join(&n, &bob, &other).await;
-    let body = sync(&n, &bob, Some(&t2)).await;
+    n.join(&bob, &other).await;
+    let body = n.sync(&bob, Some(&t2)).await;
     assert_eq!(
         user_list(&body, "changed"),
         [alice.user_id.as_str(), carol.user_id.as_str()]
     );
     let t3 = next_batch(&body);
-    leave(&n, &bob, &other).await;
-    let body = sync(&n, &bob, Some(&t3)).await;
+    n.leave(&bob, &other).await;
+    let body = n.sync(&bob, Some(&t3)).await;
     assert_eq!(
         user_list(&body, "left"),
         [carol.user_id.as_str()],
@@ -95,9 +95,9 @@ async fn key_counts_follow_uploads_and_claims() {
     let n = TestNode::start().await;
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
-    let bob2 = login(&n, &bob, "BOBTWO").await;
+    let bob2 = n.login(&bob, "BOBTWO").await;
 
-    let body = sync(&n, &bob, None).await;
+    let body = n.sync(&bob, None).await;
     assert_eq!(
         body["device_one_time_keys_count"],
         json!({"signed_curve25519": 0})
@@ -120,7 +120,7 @@ async fn key_counts_follow_uploads_and_claims() {
         }),
     )
     .await;
-    let body = sync(&n, &bob, None).await;
+    let body = n.sync(&bob, None).await;
     assert_eq!(
         body["device_one_time_keys_count"],
         json!({"signed_curve25519": 3})
@@ -134,7 +134,7 @@ async fn key_counts_follow_uploads_and_claims() {
         json!(["signed_curve25519"])
     );
     // Counts are per device.
-    let other = sync(&n, &bob2, None).await;
+    let other = n.sync(&bob2, None).await;
     assert_eq!(
         other["device_one_time_keys_count"],
         json!({"signed_curve25519": 0})
@@ -147,7 +147,7 @@ async fn key_counts_follow_uploads_and_claims() {
             .post("/_matrix/client/v3/keys/claim", &alice.token, claim.clone())
             .await;
         assert_eq!(status, 200, "claim: {res}");
-        let body = sync(&n, &bob, None).await;
+        let body = n.sync(&bob, None).await;
         assert_eq!(
             body["device_one_time_keys_count"],
             json!({"signed_curve25519": left})
@@ -160,7 +160,7 @@ async fn key_counts_follow_uploads_and_claims() {
     // Out of one-time keys: the claim hands out the fallback key, which is then used.
     let (status, res) = n.post("/_matrix/client/v3/keys/claim", &alice.token, claim).await;
     assert_eq!(status, 200, "claim: {res}");
-    let body = sync(&n, &bob, None).await;
+    let body = n.sync(&bob, None).await;
     assert_eq!(
         body["device_one_time_keys_count"],
         json!({"signed_curve25519": 0})
@@ -173,10 +173,10 @@ async fn deleting_a_device_tells_room_members_and_drops_its_inbox() {
     let n = TestNode::start().await;
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
-    login(&n, &bob, "BOBTWO").await;
-    let bob3 = login(&n, &bob, "BOBTHREE").await;
+    n.login(&bob, "BOBTWO").await;
+    let bob3 = n.login(&bob, "BOBTHREE").await;
     shared_room(&n, &alice, &bob).await;
-    let t0 = next_batch(&sync(&n, &alice, None).await);
+    let t0 = next_batch(&n.sync(&alice, None).await);
     for txn in ["t1", "t2"] {
         send_ok(&n, &alice, "m.test", txn, json!({bob.user_id.clone(): {"*": {}}})).await;
     }
@@ -194,7 +194,7 @@ async fn deleting_a_device_tells_room_members_and_drops_its_inbox() {
         )
         .await;
     assert_eq!(res.0, 200, "delete device: {res:?}");
-    let body = sync(&n, &alice, Some(&t0)).await;
+    let body = n.sync(&alice, Some(&t0)).await;
     assert_eq!(user_list(&body, "changed"), [bob.user_id.as_str()]);
     let t1 = next_batch(&body);
 
@@ -202,31 +202,31 @@ async fn deleting_a_device_tells_room_members_and_drops_its_inbox() {
     let res = n.post("/_matrix/client/v3/logout", &bob3.token, json!({})).await;
     assert_eq!(res.0, 200, "logout: {res:?}");
     assert_eq!(
-        user_list(&sync(&n, &alice, Some(&t1)).await, "changed"),
+        user_list(&n.sync(&alice, Some(&t1)).await, "changed"),
         [bob.user_id.as_str()]
     );
 
     // A device logging in again under a deleted ID starts with an empty inbox; the device
     // that stayed still has its messages.
     for id in ["BOBTWO", "BOBTHREE"] {
-        let again = login(&n, &bob, id).await;
+        let again = n.login(&bob, id).await;
         assert!(
-            to_device(&sync(&n, &again, None).await).is_empty(),
+            to_device(&n.sync(&again, None).await).is_empty(),
             "{id} inbox dropped"
         );
     }
-    assert_eq!(to_device(&sync(&n, &bob, None).await).len(), 2);
+    assert_eq!(to_device(&n.sync(&bob, None).await).len(), 2);
 
     // Logging out everywhere takes every inbox with it.
-    let t2 = next_batch(&sync(&n, &alice, None).await);
+    let t2 = next_batch(&n.sync(&alice, None).await);
     let res = n
         .post("/_matrix/client/v3/logout/all", &bob.token, json!({}))
         .await;
     assert_eq!(res.0, 200, "logout/all: {res:?}");
     assert_eq!(
-        user_list(&sync(&n, &alice, Some(&t2)).await, "changed"),
+        user_list(&n.sync(&alice, Some(&t2)).await, "changed"),
         [bob.user_id.as_str()]
     );
-    let again = login(&n, &bob, &bob.device_id).await;
-    assert!(to_device(&sync(&n, &again, None).await).is_empty());
+    let again = n.login(&bob, &bob.device_id).await;
+    assert!(to_device(&n.sync(&again, None).await).is_empty());
 }

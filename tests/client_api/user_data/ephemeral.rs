@@ -47,8 +47,8 @@ async fn receipts() {
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
     let room = n.create_room(&alice, json!({"preset": "public_chat"})).await;
-    let first = send_text(&n, &alice, &room, "t1").await;
-    let second = send_text(&n, &alice, &room, "t2").await;
+    let first = n.send_text_txn(&alice, &room, "t1", "t1").await;
+    let second = n.send_text_txn(&alice, &room, "t2", "t2").await;
     let path = |kind: &str, ev: &str| format!("{V3}/rooms/{}/receipt/{kind}/{}", enc(&room), enc(ev));
 
     let res = n.post(&path("m.read", &first), &alice.token, json!({})).await;
@@ -142,7 +142,7 @@ async fn receipts() {
 
     // An event of another room is not in this one.
     let other = n.create_room(&alice, json!({})).await;
-    let elsewhere = send_text(&n, &alice, &other, "t3").await;
+    let elsewhere = n.send_text_txn(&alice, &other, "t3", "t3").await;
     assert_err(
         &n.post(&path("m.read", &elsewhere), &alice.token, json!({})).await,
         404,
@@ -156,8 +156,8 @@ async fn read_markers() {
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
     let room = n.create_room(&alice, json!({"preset": "public_chat"})).await;
-    let first = send_text(&n, &alice, &room, "t1").await;
-    let second = send_text(&n, &alice, &room, "t2").await;
+    let first = n.send_text_txn(&alice, &room, "t1", "t1").await;
+    let second = n.send_text_txn(&alice, &room, "t2", "t2").await;
     let path = format!("{V3}/rooms/{}/read_markers", enc(&room));
     let fully_read = account_data_path(&alice, Some(&room), "m.fully_read");
 

@@ -209,7 +209,7 @@ async fn presence() {
     // Others see it only when they share a room.
     assert_err(&n.get(&path(&alice), &bob.token).await, 403, "M_FORBIDDEN");
     let room = n.create_room(&alice, json!({"preset": "public_chat"})).await;
-    join(&n, &bob, &room).await;
+    n.join(&bob, &room).await;
     let (status, body) = n.get(&path(&alice), &bob.token).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["presence"], "online");

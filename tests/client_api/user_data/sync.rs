@@ -5,17 +5,6 @@ use serde_json::{Value, json};
 use super::*;
 use crate::common::*;
 
-/// One /sync without waiting; returns the body.
-async fn sync(n: &TestNode, user: &User, since: Option<&str>) -> Value {
-    let mut path = format!("{V3}/sync?timeout=0");
-    if let Some(s) = since {
-        path.push_str(&format!("&since={}", enc(s)));
-    }
-    let (status, body) = n.get(&path, &user.token).await;
-    assert_eq!(status, 200, "sync: {body}");
-    body
-}
-
 fn next_batch(body: &Value) -> String {
     body["next_batch"].as_str().expect("next_batch").to_owned()
 }
@@ -38,9 +27,9 @@ async fn sync_shows_typing_receipts_and_room_account_data() {
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
     let room = n.create_room(&alice, json!({"preset": "public_chat"})).await;
-    join(&n, &bob, &room).await;
-    let event = send_text(&n, &alice, &room, "hello").await;
-    let bob_since = next_batch(&sync(&n, &bob, None).await);
+    n.join(&bob, &room).await;
+    let event = n.send_text_txn(&alice, &room, "hello", "hello").await;
+    let bob_since = next_batch(&n.sync(&bob, None).await);
 
     let typing = format!("{V3}/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id));
     assert_eq!(
@@ -71,7 +60,7 @@ async fn sync_shows_typing_receipts_and_room_account_data() {
     assert_eq!(n.put(&custom, &alice.token, json!({"k": "v"})).await.0, 200);
 
     // Bob sees the typing and the public receipt, nothing private to Alice.
-    let body = sync(&n, &bob, Some(&bob_since)).await;
+    let body = n.sync(&bob, Some(&bob_since)).await;
     let ephemeral = room_events(&body, &room, "ephemeral");
     let typing_ev = of_type(&ephemeral, "m.typing").expect("m.typing in bob's sync");
     assert_eq!(typing_ev["content"]["user_ids"], json!([alice.user_id]));
@@ -88,7 +77,7 @@ async fn sync_shows_typing_receipts_and_room_account_data() {
     let bob_since = next_batch(&body);
 
     // Alice sees her private receipt and her room account data.
-    let body = sync(&n, &alice, None).await;
+    let body = n.sync(&alice, None).await;
     let ephemeral = room_events(&body, &room, "ephemeral");
     let receipts = of_type(&ephemeral, "m.receipt").expect("m.receipt in alice's sync");
     assert!(
@@ -114,7 +103,7 @@ async fn sync_shows_typing_receipts_and_room_account_data() {
         n.put(&typing, &alice.token, json!({"typing": false})).await.0,
         200
     );
-    let body = sync(&n, &bob, Some(&bob_since)).await;
+    let body = n.sync(&bob, Some(&bob_since)).await;
     let ephemeral = room_events(&body, &room, "ephemeral");
     assert_eq!(
         of_type(&ephemeral, "m.typing").expect("m.typing")["content"]["user_ids"],
@@ -128,9 +117,9 @@ async fn sync_shows_global_account_data_and_presence() {
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
     let room = n.create_room(&alice, json!({"preset": "public_chat"})).await;
-    join(&n, &bob, &room).await;
-    let alice_since = next_batch(&sync(&n, &alice, None).await);
-    let bob_since = next_batch(&sync(&n, &bob, None).await);
+    n.join(&bob, &room).await;
+    let alice_since = next_batch(&n.sync(&alice, None).await);
+    let bob_since = next_batch(&n.sync(&bob, None).await);
 
     let global = account_data_path(&alice, None, "org.example.config");
     assert_eq!(
@@ -147,7 +136,7 @@ async fn sync_shows_global_account_data_and_presence() {
         .await;
     assert_eq!(res.0, 200);
 
-    let body = sync(&n, &alice, Some(&alice_since)).await;
+    let body = n.sync(&alice, Some(&alice_since)).await;
     let data: Vec<&Value> = body["account_data"]["events"]
         .as_array()
         .expect("events")
@@ -159,7 +148,7 @@ async fn sync_shows_global_account_data_and_presence() {
     );
 
     // Bob shares a room with Alice: her presence reaches him; her account data does not.
-    let body = sync(&n, &bob, Some(&bob_since)).await;
+    let body = n.sync(&bob, Some(&bob_since)).await;
     let events = body["presence"]["events"].as_array().expect("presence events");
     let p = events
         .iter()
@@ -177,7 +166,7 @@ async fn account_data_and_typing_wake_a_long_poll() {
     let n = TestNode::start().await;
     let alice = n.register("alice").await;
     let room = n.create_room(&alice, json!({})).await;
-    let since = next_batch(&sync(&n, &alice, None).await);
+    let since = next_batch(&n.sync(&alice, None).await);
     let poll = format!("{V3}/sync?timeout=30000&since={}", enc(&since));
     let global = account_data_path(&alice, None, "org.example.wake");
 
