@@ -139,6 +139,33 @@ fn member(membership: &str) -> Value {
     json!({"membership": membership})
 }
 
+/// `user` of node `at` joins `room`, and `at` tells `to` about it; every event must be stored.
+async fn join_and_tell(at: &Node, to: &Node, room: &OwnedRoomId, user: &OwnedUserId) {
+    at.send(
+        room,
+        user,
+        NewEvent::state("m.room.member", user.as_str(), member("join")),
+    )
+    .await
+    .unwrap();
+    all_stored(&gossip(at, to).await);
+}
+
+/// A copy of `json` with fresh hashes and a signature by `signer` under `server`'s name.
+fn resign(json: &CanonicalJsonObject, server: &str, signer: &Identity) -> CanonicalJsonObject {
+    let mut out = json.clone();
+    out.remove("signatures");
+    out.remove("hashes");
+    ruma::signatures::hash_and_sign_event(
+        server,
+        signer,
+        &mut out,
+        &ruma::room_version_rules::RoomVersionRules::V12.redaction,
+    )
+    .unwrap();
+    out
+}
+
 #[tokio::test]
 async fn a_room_replicates_and_both_nodes_write_into_it() {
     let (a, b) = (node(1), node(2));
@@ -151,14 +178,7 @@ async fn a_room_replicates_and_both_nodes_write_into_it() {
     all_stored(&first);
     assert_eq!(a.state(&room).await, b.state(&room).await, "B holds A's state");
 
-    b.send(
-        &room,
-        &bob,
-        NewEvent::state("m.room.member", bob.as_str(), member("join")),
-    )
-    .await
-    .unwrap();
-    all_stored(&gossip(&b, &a).await);
+    join_and_tell(&b, &a, &room, &bob).await;
     // Both write at once: the DAG forks, and each node ends with both branches.
     a.send(
         &room,
@@ -217,14 +237,7 @@ async fn concurrent_state_changes_converge_on_every_node() {
         )
         .await;
     all_stored(&gossip(&a, &b).await);
-    b.send(
-        &room,
-        &bob,
-        NewEvent::state("m.room.member", bob.as_str(), member("join")),
-    )
-    .await
-    .unwrap();
-    all_stored(&gossip(&b, &a).await);
+    join_and_tell(&b, &a, &room, &bob).await;
     // A and B rename the room and change power levels without hearing each other.
     a.send(
         &room,
@@ -311,17 +324,7 @@ async fn forged_and_unauthorised_events_are_rejected() {
     assert!(matches!(b.ingest(bad_sig).await, Outcome::Rejected { .. }));
 
     // Signed by another key under A's name: rejected (the name is the key).
-    let mut impostor = original.clone();
-    impostor.remove("signatures");
-    impostor.remove("hashes");
-    let fake = Identity::from_seed([9; 32], "a_t");
-    ruma::signatures::hash_and_sign_event(
-        &server,
-        &fake,
-        &mut impostor,
-        &ruma::room_version_rules::RoomVersionRules::V12.redaction,
-    )
-    .unwrap();
+    let impostor = resign(&original, &server, &Identity::from_seed([9; 32], "a_t"));
     assert!(matches!(b.ingest(impostor).await, Outcome::Rejected { .. }));
 
     // Content changed after signing: the hash no longer matches, so per the spec only the
@@ -350,17 +353,9 @@ async fn forged_and_unauthorised_events_are_rejected() {
 
     // A well-signed event from a server with no member in the room: not authorised.
     let carol = c.user("carol");
-    let mut intruder = original.clone();
-    intruder.remove("signatures");
-    intruder.remove("hashes");
-    intruder.insert("sender".into(), CanonicalJsonValue::String(carol.to_string()));
-    ruma::signatures::hash_and_sign_event(
-        c.id.server_name().as_str(),
-        &c.id,
-        &mut intruder,
-        &ruma::room_version_rules::RoomVersionRules::V12.redaction,
-    )
-    .unwrap();
+    let mut from_carol = original.clone();
+    from_carol.insert("sender".into(), CanonicalJsonValue::String(carol.to_string()));
+    let intruder = resign(&from_carol, c.id.server_name().as_str(), &c.id);
     assert!(
         matches!(b.ingest(intruder).await, Outcome::Rejected { .. }),
         "non-member's event accepted"
@@ -384,14 +379,7 @@ async fn an_event_the_current_state_forbids_is_soft_failed() {
     let (alice, bob) = (a.user("alice"), b.user("bob"));
     let room = a.create(&alice, json!({"preset": "public_chat"})).await;
     all_stored(&gossip(&a, &b).await);
-    b.send(
-        &room,
-        &bob,
-        NewEvent::state("m.room.member", bob.as_str(), member("join")),
-    )
-    .await
-    .unwrap();
-    all_stored(&gossip(&b, &a).await);
+    join_and_tell(&b, &a, &room, &bob).await;
     // Alice bans bob while bob, not yet told, writes on his branch.
     a.send(
         &room,
