@@ -281,9 +281,7 @@ pub fn topic_content(topic: &str) -> Value {
 }
 
 fn power_levels(conn: &Connection, room_id: &str) -> Result<Option<Value>> {
-    Ok(current_state_id(conn, room_id, "m.room.power_levels", "")?
-        .and_then(|id| get_pdu(conn, &id))
-        .map(|p| p.content_value()))
+    crate::storage::rooms::state_content(conn, room_id, "m.room.power_levels", "")
 }
 
 /// Whether `user` is a creator of a room whose version privileges creators (v12).
