@@ -31,7 +31,7 @@ pub async fn user_add(config: Config, name: &str, password: String) -> anyhow::R
     if password.is_empty() {
         anyhow::bail!("empty password");
     }
-    let services = Arc::new(open_services(config)?);
+    let services = Arc::new(open_services(config)?.0);
     let user_id = crate::api::account::user_id_for(&services, name).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::api::account::create_user(&services, &user_id, Some(password))
         .await

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use libp2p::Multiaddr;
 use serde::Deserialize;
 
 pub const DEFAULT_CLIENT_LISTEN: &str = "127.0.0.1:8008";
@@ -36,6 +37,16 @@ pub struct Settings {
     /// Maximum size in bytes of one media upload (default 50 MiB).
     #[arg(long, env = "MESHSERVER_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: Option<u64>,
+    /// Multiaddr the peer network listens on (repeatable; default all interfaces, UDP 8449, QUIC).
+    #[arg(long = "p2p-listen", env = "MESHSERVER_P2P_LISTEN", value_delimiter = ',')]
+    pub p2p_listen: Option<Vec<String>>,
+    /// A peer to dial at start and keep redialling, e.g. `/ip4/10.0.0.2/udp/8449/quic-v1`
+    /// (repeatable).
+    #[arg(long = "peer", env = "MESHSERVER_PEERS", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Discover peers on the LAN by mDNS (default on; `--no-mdns` turns it off).
+    #[arg(long = "no-mdns", env = "MESHSERVER_MDNS", num_args = 0, default_missing_value = "false")]
+    pub mdns: Option<bool>,
 }
 
 impl Settings {
@@ -49,6 +60,9 @@ impl Settings {
             sqlite_synchronous: self.sqlite_synchronous.or(other.sqlite_synchronous),
             max_request_bytes: self.max_request_bytes.or(other.max_request_bytes),
             max_upload_bytes: self.max_upload_bytes.or(other.max_upload_bytes),
+            p2p_listen: self.p2p_listen.or(other.p2p_listen),
+            peers: self.peers.or(other.peers),
+            mdns: self.mdns.or(other.mdns),
         }
     }
 }
@@ -63,6 +77,9 @@ pub struct Config {
     pub sqlite_full_sync: bool,
     pub max_request_bytes: usize,
     pub max_upload_bytes: u64,
+    pub p2p_listen: Vec<Multiaddr>,
+    pub peers: Vec<Multiaddr>,
+    pub mdns: bool,
 }
 
 impl Config {
@@ -102,6 +119,9 @@ impl Config {
             sqlite_full_sync,
             max_request_bytes: s.max_request_bytes.unwrap_or(1024 * 1024),
             max_upload_bytes: s.max_upload_bytes.unwrap_or(50 * 1024 * 1024),
+            p2p_listen: multiaddrs("p2p_listen", s.p2p_listen.unwrap_or_else(default_p2p_listen))?,
+            peers: multiaddrs("peers", s.peers.unwrap_or_default())?,
+            mdns: s.mdns.unwrap_or(true),
         })
     }
 
@@ -110,10 +130,29 @@ impl Config {
         Config::from_settings(Settings {
             data_dir: Some(data_dir.into()),
             client_listen: Some("127.0.0.1:0".parse().expect("literal address")),
+            p2p_listen: Some(vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()]),
+            mdns: Some(false),
             ..Settings::default()
         })
         .expect("defaults are valid")
     }
+}
+
+pub const DEFAULT_P2P_PORT: u16 = 8449;
+
+fn default_p2p_listen() -> Vec<String> {
+    vec![format!("/ip4/0.0.0.0/udp/{DEFAULT_P2P_PORT}/quic-v1")]
+}
+
+fn multiaddrs(key: &str, items: Vec<String>) -> anyhow::Result<Vec<Multiaddr>> {
+    items
+        .iter()
+        .map(|a| {
+            a.trim()
+                .parse::<Multiaddr>()
+                .with_context(|| format!("{key}: `{a}` is not a multiaddr"))
+        })
+        .collect()
 }
 
 /// `~/.local/share/meshserver` on Linux (the platform's data dir elsewhere).

@@ -11,6 +11,7 @@ pub mod error;
 pub mod identity;
 pub mod node;
 pub mod notifier;
+pub mod p2p;
 pub mod password;
 pub mod pdu;
 pub mod room;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::api;
@@ -24,23 +24,28 @@ pub struct Node {
     background: Vec<JoinHandle<()>>,
 }
 
-/// Opens the data dir (creating key and database on first start) without serving.
-pub fn open_services(config: Config) -> anyhow::Result<Services> {
+/// Opens the data dir (creating key and database on first start) without serving. The
+/// receiver is the swarm task's end of the peer network's command channel.
+pub fn open_services(config: Config) -> anyhow::Result<(Services, mpsc::Receiver<crate::p2p::Command>)> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let identity = Identity::load_or_create(&config.data_dir)?;
     // Half-written uploads from a crash are never referenced: clear them.
     let _ = std::fs::remove_dir_all(config.data_dir.join("media").join("tmp"));
     let db = Db::open(&config.data_dir, config.sqlite_full_sync, Notifier::default())?;
-    Ok(Services {
+    let peer_id = crate::p2p::peer_id::keypair(&identity).public().to_peer_id();
+    let (p2p, commands) = crate::p2p::P2p::channel(peer_id);
+    let services = Services {
         typing: Arc::new(crate::typing::Typing::new(db.notifier().clone())),
         rate_limiter: api::ratelimit::RateLimiter::default(),
         passwords: crate::password::Passwords::start()?,
         config,
         identity,
         db,
+        p2p,
         started: Instant::now(),
-    })
+    };
+    Ok((services, commands))
 }
 
 impl Node {
@@ -53,7 +58,9 @@ impl Node {
         let client_addr = listener.local_addr()?;
         // Advertise the address actually bound (port 0 means "any free port").
         config.client_listen = client_addr;
-        let services = Arc::new(open_services(config)?);
+        let (services, commands) = open_services(config)?;
+        let services = Arc::new(services);
+        crate::p2p::swarm::spawn(services.clone(), commands).await?;
         let app = api::router(services.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -68,6 +75,8 @@ impl Node {
         let background = vec![
             tokio::spawn(crate::typing::run_expiry(services.typing.clone())),
             tokio::spawn(services.db.clone().run_checkpoints()),
+            tokio::spawn(crate::p2p::replicate::run_publisher(services.clone())),
+            tokio::spawn(crate::p2p::outbox::run(services.clone())),
         ];
         tracing::info!(server_name = %services.server_name(), %client_addr, "node started");
         Ok(Node {

@@ -16,6 +16,8 @@ pub struct Services {
     pub typing: Arc<Typing>,
     pub rate_limiter: RateLimiter,
     pub passwords: crate::password::Passwords,
+    /// The peer network (a handle to the swarm task).
+    pub p2p: crate::p2p::P2p,
     pub started: Instant,
 }
 

@@ -63,6 +63,7 @@ async fn typing(
         .typing
         .then(|| body.timeout.map_or(DEFAULT_TYPING, Duration::from_millis));
     s.typing.set(&room, auth.user_id.as_str(), until);
+    crate::p2p::replicate::publish_typing(&s, &room, auth.user_id.as_str(), body.typing).await;
     Ok(empty())
 }
 
@@ -120,12 +121,21 @@ async fn receipt(
         Some(_) => return Err(Error::invalid_param("thread_id field must be a non-empty string")),
     };
     let room = parse_room_id(&room_id)?.to_string();
+    let gossip = (
+        room.clone(),
+        auth.user_id.to_string(),
+        kind.clone(),
+        event_id.clone(),
+        thread.clone(),
+    );
     s.db.write(move |tx| {
         let user = auth.user_id.as_str();
         ensure_joined(tx, &room, user)?;
         mark(tx, &room, user, &kind, &event_id, &thread)
     })
     .await?;
+    let (room, user, kind, event_id, thread) = gossip;
+    crate::p2p::replicate::publish_receipt(&s, &room, &user, &kind, &event_id, &thread).await;
     Ok(empty())
 }
 
@@ -148,6 +158,7 @@ async fn read_markers(
     JsonBody(body): JsonBody<ReadMarkers>,
 ) -> Result<Response> {
     let room = parse_room_id(&room_id)?.to_string();
+    let gossip = (room.clone(), auth.user_id.to_string(), body.read.clone());
     s.db.write(move |tx| {
         let user = auth.user_id.as_str();
         ensure_joined(tx, &room, user)?;
@@ -165,5 +176,8 @@ async fn read_markers(
         Ok(())
     })
     .await?;
+    if let (room, user, Some(event_id)) = gossip {
+        crate::p2p::replicate::publish_receipt(&s, &room, &user, "m.read", &event_id, UNTHREADED).await;
+    }
     Ok(empty())
 }

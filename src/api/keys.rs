@@ -2,11 +2,16 @@
 //! cryptography on messages: device, one-time and fallback keys and device-list changes
 //! ([`devices`]), cross-signing keys and signatures ([`cross_signing`]), and server-side
 //! key backup ([`backup`]). The one check it makes is of cross-signing signatures, which
-//! the spec asks the server to reject when invalid.
+//! the spec asks the server to reject when invalid. Other nodes' users' keys are asked of
+//! their nodes ([`remote`]); peers asking about ours are answered by `p2p::serve::keys`
+//! through [`query_local`] and [`claim_local`].
 
 mod backup;
 mod cross_signing;
 mod devices;
+pub mod remote;
+
+pub use devices::{KeysFound, claim_local, query_local};
 
 use axum::Router;
 use base64::Engine;

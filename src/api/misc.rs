@@ -42,8 +42,19 @@ fn client_url(s: &AppState) -> String {
 
 /// `GET /_meshserver/v1/node`: who this node is, for tools and tests.
 async fn node_info(State(s): State<AppState>) -> Json<Value> {
+    let net = s.p2p.info().await;
+    let c = &s.p2p.counters;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     Json(json!({
         "server_name": s.server_name(),
+        "peer_id": net.peer_id,
+        "listen_addrs": net.listen_addrs,
+        "peers": net.peers,
+        "rejected": {
+            "events": load(&c.rejected_events),
+            "frames": load(&c.bad_frames),
+            "requests": load(&c.refused_requests),
+        },
         "version": env!("CARGO_PKG_VERSION"),
         "client_url": client_url(&s),
         "key_id": s.identity.key_id(),

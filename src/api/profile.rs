@@ -3,7 +3,8 @@
 //! (`GET/PUT /presence/{userId}/status`).
 //!
 //! This node stores `displayname` and `avatar_url`; a change is mirrored into the user's
-//! member event in every room they are joined to, in the same transaction.
+//! member event in every room they are joined to, in the same transaction. Profiles of
+//! other nodes' users are asked of their node (`/meshserver/profile/1`).
 
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -65,10 +66,41 @@ fn field_for(key: &str) -> Result<Option<ProfileField>> {
     }
 }
 
+/// `(displayname, avatar_url)` of a user: from storage for this node's users, else asked of
+/// the user's node. An unreachable node or an unknown user is `M_NOT_FOUND` either way.
 async fn load(s: &AppState, user_id: String) -> Result<(Option<String>, Option<String>)> {
+    if let Ok(uid) = ruma::UserId::parse(&user_id)
+        && uid.server_name() != s.server_name()
+    {
+        return load_remote(s, uid).await;
+    }
     s.db.read(move |c| profile(c, &user_id))
         .await?
         .ok_or_else(|| Error::not_found("Profile not found"))
+}
+
+/// How long a profile lookup waits for the user's node.
+const REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn load_remote(s: &AppState, uid: ruma::OwnedUserId) -> Result<(Option<String>, Option<String>)> {
+    let req = crate::p2p::wire::Request::Profile {
+        user_id: uid.to_string(),
+        field: None,
+    };
+    let body = crate::api::keys::remote::ask(s, uid.server_name(), req, REMOTE_TIMEOUT)
+        .await
+        .map_err(|why| Error::not_found(format!("Profile not found ({why})")))?;
+    // Bounded like local values: a peer's answer ends up in clients' member lists.
+    let field = |key: &str, max: usize| {
+        body.get(key)
+            .and_then(Value::as_str)
+            .filter(|v| v.len() <= max)
+            .map(str::to_owned)
+    };
+    Ok((
+        field("displayname", MAX_DISPLAYNAME_BYTES),
+        field("avatar_url", MAX_AVATAR_URL_BYTES),
+    ))
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}`

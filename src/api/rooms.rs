@@ -1,6 +1,6 @@
 //! Rooms as a whole: creation, the directory (aliases, public rooms).
 
-mod public;
+pub mod public;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

@@ -1,5 +1,6 @@
 //! Send-to-device messaging: `PUT /sendToDevice/{eventType}/{txnId}`. Messages are queued
-//! per device and delivered by `/sync` (see `api::sync::e2ee`).
+//! per device and delivered by `/sync` (see `api::sync::e2ee`); messages for users of
+//! other nodes go to the outbox in the same transaction (see `p2p::outbox`).
 
 use std::collections::BTreeMap;
 
@@ -14,7 +15,9 @@ use super::extract::{Auth, JsonBody};
 use super::{client, empty};
 use crate::services::AppState;
 use crate::storage::e2ee::device_ids;
+use crate::p2p::outbox::to_device_edus;
 use crate::storage::events::{put_txn, txn_result};
+use crate::storage::outbox::{enqueue_to_device, reachable};
 use crate::storage::sync::put_to_device;
 use crate::{Error, Result};
 
@@ -24,7 +27,7 @@ pub fn add(r: Router<AppState>) -> Router<AppState> {
 
 /// Most messages one request may queue, counting each device a `*` reaches: a bound on the
 /// work and the write transaction one request can cause.
-const MAX_MESSAGES: usize = 10_000;
+pub(crate) const MAX_MESSAGES: usize = 10_000;
 
 /// The `txn_ids` kind of a sendToDevice transaction.
 const TXN_KIND: &str = "to_device";
@@ -50,19 +53,23 @@ async fn send_to_device(
         return Err(too_many());
     }
     let mut local = Vec::new();
+    let mut remote = Vec::new();
     for (user, devices) in body.messages {
         let user_id =
             UserId::parse(&user).map_err(|_| Error::invalid_param(format!("invalid user ID {user:?}")))?;
-        if user_id.server_name() != s.server_name() {
-            // Federation does not exist yet: nothing can carry the message there.
-            tracing::debug!(%user_id, "dropping to-device message for a remote user");
-            continue;
+        if user_id.server_name() == s.server_name() {
+            local.push((user, devices));
+        } else if reachable(user_id.server_name().as_str()) {
+            remote.push((user_id, devices));
+        } else {
+            tracing::debug!(%user_id, "dropping to-device message for a user of no meshserver node");
         }
-        local.push((user, devices));
     }
     // The spec scopes a transaction ID to the device and the request path, whose other
     // variable part is the event type.
     let txn_key = Value::from(vec![event_type.as_str(), txn_id.as_str()]).to_string();
+    let txn = format!("{}\n{txn_key}", auth.device_id);
+    let edus = to_device_edus(auth.user_id.as_str(), &event_type, &txn, remote)?;
     s.db.write(move |tx| {
         let (sender, sender_device) = (auth.user_id.as_str(), auth.device_id.as_str());
         if txn_result(tx, sender, sender_device, TXN_KIND, &txn_key)?.is_some() {
@@ -79,6 +86,7 @@ async fn send_to_device(
                 put_to_device(tx, &user, &device, sender, &event_type, &content)?;
             }
         }
+        enqueue_to_device(tx, &edus)?;
         put_txn(tx, sender, sender_device, TXN_KIND, &txn_key, "")
     })
     .await?;
@@ -92,7 +100,7 @@ fn too_many() -> Error {
 /// The existing devices a user's messages go to, with their content: `*` reaches every
 /// device, except one also named explicitly, which gets its own message (one message per
 /// device per request). Unknown users and devices are skipped, as the spec allows.
-fn targets(
+pub(crate) fn targets(
     conn: &rusqlite::Connection,
     user: &str,
     mut devices: BTreeMap<String, Map<String, Value>>,

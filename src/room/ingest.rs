@@ -71,30 +71,16 @@ pub fn ingest(tx: &mut WriteTx<'_>, identity: &Identity, mut json: CanonicalJson
         Ok(r) => r,
         Err(e) => return Ok(rejected(None, e.message)),
     };
-    if let Err(e) = state_res::check_pdu_format(&json, &rules.event_format) {
-        return Ok(rejected(None, format!("bad format: {e}")));
-    }
-    let event_id = match event_id_of(&json, &rules) {
+    let event_id = match checked_event_id(&json, &rules) {
         Ok(id) => id,
-        Err(e) => return Ok(rejected(None, format!("no event ID: {e}"))),
+        Err(reason) => return Ok(rejected(None, reason)),
     };
     if get_pdu(tx, event_id.as_str()).is_some() {
         return Ok(Outcome::AlreadyKnown(event_id));
     }
-    let json = match verify(&json, &rules) {
-        Ok(Verified::All) => json,
-        Ok(Verified::Signatures) => {
-            // Signed but not matching its content hash: keep only the redacted form.
-            match ruma::canonical_json::redact(json, &rules.redaction, None) {
-                Ok(r) => r,
-                Err(e) => return Ok(rejected(Some(&event_id), format!("cannot redact: {e}"))),
-            }
-        }
-        Err(reason) => return Ok(rejected(Some(&event_id), reason)),
-    };
-    let pdu = match Pdu::from_json(event_id.clone(), json) {
+    let pdu = match verified_pdu(event_id.clone(), json, &rules) {
         Ok(p) => p,
-        Err(e) => return Ok(rejected(Some(&event_id), e)),
+        Err(reason) => return Ok(rejected(Some(&event_id), reason)),
     };
 
     let missing: Vec<OwnedEventId> = pdu
@@ -157,6 +143,30 @@ pub fn ingest(tx: &mut WriteTx<'_>, identity: &Identity, mut json: CanonicalJson
     })
 }
 
+/// Receipt check 1: the PDU is well formed for its room version; returns its event ID.
+pub(crate) fn checked_event_id(
+    json: &CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> std::result::Result<OwnedEventId, String> {
+    state_res::check_pdu_format(json, &rules.event_format).map_err(|e| format!("bad format: {e}"))?;
+    event_id_of(json, rules).map_err(|e| format!("no event ID: {e}"))
+}
+
+/// Receipt check 2: signatures and content hash. An event signed but not matching its
+/// content hash is kept only in its redacted form.
+pub(crate) fn verified_pdu(
+    event_id: OwnedEventId,
+    json: CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> std::result::Result<Pdu, String> {
+    let json = match verify(&json, rules)? {
+        Verified::All => json,
+        Verified::Signatures => ruma::canonical_json::redact(json, &rules.redaction, None)
+            .map_err(|e| format!("cannot redact: {e}"))?,
+    };
+    Pdu::from_json(event_id, json)
+}
+
 /// The room version: the stored room's, or for a create event, its content's.
 fn room_version_for(conn: &Connection, json: &CanonicalJsonObject) -> Result<Option<RoomVersionId>> {
     if let Some(CanonicalJsonValue::String(room)) = json.get("room_id")
@@ -180,7 +190,7 @@ fn room_version_for(conn: &Connection, json: &CanonicalJsonObject) -> Result<Opt
 
 /// Checks every signature the room version requires, each key decoded from the signing
 /// server's name.
-fn verify(json: &CanonicalJsonObject, rules: &RoomVersionRules) -> std::result::Result<Verified, String> {
+pub(crate) fn verify(json: &CanonicalJsonObject, rules: &RoomVersionRules) -> std::result::Result<Verified, String> {
     let Some(CanonicalJsonValue::Object(signatures)) = json.get("signatures") else {
         return Err("no signatures".into());
     };
@@ -199,7 +209,7 @@ fn verify(json: &CanonicalJsonObject, rules: &RoomVersionRules) -> std::result::
 }
 
 /// The state-dependent auth rules against the state `lookup` describes.
-fn check_against(
+pub(crate) fn check_against(
     conn: &Connection,
     rules: &RoomVersionRules,
     pdu: &Pdu,
@@ -210,7 +220,7 @@ fn check_against(
     })
 }
 
-fn create_room_row(conn: &Connection, pdu: &Pdu, version: &RoomVersionId) -> Result<()> {
+pub(crate) fn create_room_row(conn: &Connection, pdu: &Pdu, version: &RoomVersionId) -> Result<()> {
     conn.prepare_cached("INSERT OR IGNORE INTO rooms (room_id, room_version) VALUES (?1, ?2)")?
         .execute(rusqlite::params![pdu.room.as_str(), version.as_str()])?;
     Ok(())

@@ -6,6 +6,7 @@
 //! authorisation, so the stored form is the same whatever its origin.
 
 pub mod create;
+pub mod import;
 pub mod ingest;
 pub mod resolve;
 pub mod visibility;
@@ -152,6 +153,57 @@ pub fn append_local(
     let before = current_group(tx, room_id.as_str())?;
     persist(tx, identity, &rules, &pdu, before, false, Origin::Local(txn))?;
     Ok(pdu)
+}
+
+/// The unsigned PDU `sender` would send now, with `prev_events`, `depth` and
+/// `auth_events` taken from the room's forward extremities and current state as
+/// [`append_local`] takes them. For events that leave this node before they are stored:
+/// a join template for another node's user, an invite the invitee's node countersigns.
+/// (Not for redactions, whose `redacts` placement varies by room version.)
+pub fn build_unsigned(
+    conn: &Connection,
+    room_id: &RoomId,
+    sender: &UserId,
+    ev: NewEvent,
+) -> Result<(RoomVersionRules, Value)> {
+    let version = room_version(conn, room_id.as_str())?;
+    let rules = rules_for(&version)?;
+    let prev_events = forward_extremities(conn, room_id.as_str())?;
+    let depth = max_depth(conn, &prev_events)?
+        .saturating_add(1)
+        .min(i64::MAX as u64);
+    let content_raw = serde_json::value::to_raw_value(&ev.content)?;
+    let kind = TimelineEventType::from(ev.kind.as_str());
+    let auth_types = state_res::auth_types_for_event(
+        &kind,
+        sender,
+        ev.state_key.as_deref(),
+        &content_raw,
+        &rules.authorization,
+    )
+    .map_err(Error::bad_json)?;
+    let mut auth_events = Vec::new();
+    for (t, k) in &auth_types {
+        if let Some(id) = current_state_id(conn, room_id.as_str(), &t.to_string(), k)? {
+            auth_events.push(id);
+        }
+    }
+    let mut obj = serde_json::Map::new();
+    obj.insert("auth_events".into(), auth_events.into());
+    obj.insert("content".into(), ev.content);
+    obj.insert("depth".into(), depth.into());
+    obj.insert(
+        "origin_server_ts".into(),
+        u64::from(MilliSecondsSinceUnixEpoch::now().get()).into(),
+    );
+    obj.insert("prev_events".into(), prev_events.into());
+    obj.insert("room_id".into(), room_id.as_str().into());
+    obj.insert("sender".into(), sender.as_str().into());
+    obj.insert("type".into(), ev.kind.into());
+    if let Some(sk) = ev.state_key {
+        obj.insert("state_key".into(), sk.into());
+    }
+    Ok((rules, Value::Object(obj)))
 }
 
 /// Hashes and signs an unsigned PDU and derives its event ID.
@@ -303,6 +355,8 @@ pub fn persist(
                     record_local_membership(tx, identity, pdu, sk, &content, stream)?;
                 }
             }
+            // Each origin guarantees delivery of its own events; peers' events are theirs.
+            crate::storage::outbox::enqueue_room(tx, identity.server_name(), pdu, stream)?;
         }
         Origin::Remote => ingest::refresh_current_state(tx, identity, rules, room, stream)?,
     }

@@ -50,12 +50,34 @@ pub fn record_device_change(tx: &mut WriteTx<'_>, user_id: &str) -> Result<i64> 
     Ok(stream)
 }
 
-/// Call after deleting a device (its keys go by cascade): drops the signatures others
-/// made of its keys, which a later device reusing the ID must not inherit, and records
-/// the change so other users refresh their view of the device list.
+/// Records a change to a local user's device — `keys` uploaded, the device deleted, or
+/// other keys changed by it — and queues an `m.device_list_update` for every server
+/// sharing a room with the user, in the same transaction.
+pub fn record_device_update(
+    tx: &mut WriteTx<'_>,
+    user_id: &str,
+    device_id: &str,
+    deleted: bool,
+    keys: Option<&Value>,
+) -> Result<i64> {
+    let stream_id = record_device_change(tx, user_id)?;
+    let update = super::outbox::DeviceUpdate {
+        user_id,
+        device_id,
+        stream_id,
+        deleted,
+        keys,
+    };
+    super::outbox::enqueue_device_list_update(tx, update)?;
+    Ok(stream_id)
+}
+
+/// Call after deleting a local user's device (its keys go by cascade): drops the
+/// signatures others made of its keys, which a later device reusing the ID must not
+/// inherit, and records the change so other users refresh their view of the device list.
 pub fn forget_device(tx: &mut WriteTx<'_>, user_id: &str, device_id: &str) -> Result<i64> {
     clear_device_signatures(tx, user_id, device_id)?;
-    record_device_change(tx, user_id)
+    record_device_update(tx, user_id, device_id, true, None)
 }
 
 /// A device's uploaded identity keys.

@@ -307,6 +307,70 @@ CREATE TABLE reports (
 ) STRICT;
 CREATE INDEX events_threads ON events(room_id, stream_ordering) WHERE rel_type = 'm.thread';
 "#,
+    // 5: the peer network.
+    r#"
+-- The address book: peers and the addresses they were last reached at, so a restarted
+-- node redials them without waiting for discovery.
+CREATE TABLE peer_addresses (
+    peer_id TEXT NOT NULL,
+    addr TEXT NOT NULL,
+    last_seen_ts INTEGER NOT NULL,
+    PRIMARY KEY (peer_id, addr)
+) STRICT;
+-- To-device messages peers delivered, by (origin, message_id): a retried delivery is
+-- recognised and queued once. IDs older than a week are pruned as new ones arrive.
+CREATE TABLE to_device_received (
+    origin TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    received_ts INTEGER NOT NULL,
+    PRIMARY KEY (origin, message_id)
+) STRICT;
+CREATE INDEX to_device_received_ts ON to_device_received(received_ts);
+-- Remote users' keys as their node last reported them (a key query; device-list updates
+-- carrying keys). A remote_key_users row means the user's device list is complete here;
+-- it is served when their node cannot be reached.
+CREATE TABLE remote_key_users (
+    user_id TEXT PRIMARY KEY,
+    master_key TEXT,
+    self_signing_key TEXT,
+    fetched_ts INTEGER NOT NULL
+) STRICT;
+CREATE TABLE remote_device_keys (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+) STRICT;
+-- The outbox: what peers must receive, queued in the transaction that stores it. A row of
+-- outbox_rooms means `destination` has not confirmed the room's local events up to
+-- `stream` (delivered by sending the forward extremities); an outbox row is one message
+-- (kind 'to_device' or 'device_list_update', body its EDU content). attempts and
+-- next_attempt_ts are the retry backoff; a peer seen again resets them.
+CREATE TABLE outbox_rooms (
+    destination TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    stream INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ts INTEGER NOT NULL,
+    PRIMARY KEY (destination, room_id)
+) STRICT;
+CREATE INDEX outbox_rooms_due ON outbox_rooms(destination, next_attempt_ts);
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    destination TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ts INTEGER NOT NULL
+) STRICT;
+CREATE INDEX outbox_destination ON outbox(destination);
+CREATE INDEX outbox_due ON outbox(destination, next_attempt_ts);
+-- Events held outside the room DAG, never in a timeline or /sync (stored soft-failed as
+-- well, so every timeline query already skips them): 1 = from a join's state and auth
+-- chain, authorised by its own auth events; 2 = an invite and its room state as the
+-- invitee's node received them, signatures checked only (replaced when the user joins).
+ALTER TABLE events ADD COLUMN outlier INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Brings the schema up to date.

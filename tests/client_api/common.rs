@@ -33,7 +33,12 @@ impl TestNode {
     }
 
     pub async fn start_in(dir: tempfile::TempDir) -> TestNode {
-        let node = Node::start(Config::for_data_dir(dir.path()))
+        let config = Config::for_data_dir(dir.path());
+        Self::start_with(dir, config).await
+    }
+
+    pub async fn start_with(dir: tempfile::TempDir, config: Config) -> TestNode {
+        let node = Node::start(config)
             .await
             .expect("node starts");
         let url = node.client_url();

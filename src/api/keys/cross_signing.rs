@@ -133,11 +133,12 @@ async fn upload_signing_keys(
     if stored(CrossSigning::Master).is_some() {
         require_password_uia(&s, &auth, body.auth.as_ref()).await?;
     }
+    let device = auth.device_id.clone();
     s.db.write(move |tx| {
         for (kind, key, _) in &new {
             store::put_cross_signing_key(tx, &user, *kind, key)?;
         }
-        store::record_device_change(tx, &user)?;
+        store::record_device_update(tx, &user, &device, false, None)?;
         Ok(())
     })
     .await?;
@@ -159,6 +160,7 @@ async fn upload_signatures(
         );
     }
     let me = auth.user_id.to_string();
+    let device = auth.device_id.clone();
     let failures =
         s.db.write(move |tx| {
             let mut failures: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
@@ -182,7 +184,7 @@ async fn upload_signatures(
             // Only the signer (and, for their own keys, everyone tracking them) sees the new
             // signatures: the change is the signer's.
             if stored {
-                store::record_device_change(tx, &me)?;
+                store::record_device_update(tx, &me, &device, false, None)?;
             }
             Ok(failures)
         })

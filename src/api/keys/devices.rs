@@ -1,5 +1,6 @@
 //! Device keys: upload (identity, one-time and fallback keys), query, claim, and the
-//! device-list changes between two sync tokens.
+//! device-list changes between two sync tokens. Query and claim also serve peers
+//! ([`query_local`], [`claim_local`]) and ask other nodes for their users ([`remote`]).
 
 use std::collections::BTreeMap;
 
@@ -7,15 +8,16 @@ use axum::extract::State;
 use axum::http::Uri;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{cross_signing_public_key, merge_signatures, parse_user_id};
+use super::{cross_signing_public_key, merge_signatures, parse_user_id, remote};
 use crate::api::client;
 use crate::api::extract::{Auth, JsonBody};
 use crate::api::room_events::{parse_stream_token, query_map};
 use crate::services::AppState;
-use crate::storage::accounts;
+use crate::storage::{WriteTx, accounts};
 use crate::storage::e2ee::{self as store, CrossSigning};
 use crate::{Error, Result};
 
@@ -141,7 +143,7 @@ async fn upload(
                         store::clear_device_signatures(tx, user, device)?;
                     }
                     store::put_device_keys(tx, user, device, &keys)?;
-                    store::record_device_change(tx, user)?;
+                    store::record_device_update(tx, user, device, false, Some(&keys))?;
                 }
             }
             store::one_time_key_counts(tx, user, device)
@@ -150,81 +152,141 @@ async fn upload(
     Ok(Json(json!({"one_time_key_counts": counts})))
 }
 
-/// `timeout` is for remote servers, which this node does not ask yet.
 #[derive(Deserialize)]
 struct QueryBody {
     device_keys: BTreeMap<String, Vec<String>>,
+    /// Milliseconds to wait for other nodes; capped at [`remote::TIMEOUT`].
+    timeout: Option<u64>,
 }
 
-/// `POST /_matrix/client/v3/keys/query`
+/// The keys of local users a query names, as the viewer may see them: the Client-Server
+/// `/keys/query` fields other than `failures` (the federation answer uses the first three).
+#[derive(Debug, Default)]
+pub struct KeysFound {
+    pub device_keys: Map<String, Value>,
+    pub master_keys: Map<String, Value>,
+    pub self_signing_keys: Map<String, Value>,
+    pub user_signing_keys: Map<String, Value>,
+}
+
+/// Keys of the local users in `wanted` (user → device IDs, empty for all). `viewer` is the
+/// asking local user; `None` for a peer, which sees only the owners' own signatures and no
+/// user-signing keys (those are private to their owner).
+pub fn query_local(c: &Connection, wanted: &[(String, Vec<String>)], viewer: Option<&str>) -> Result<KeysFound> {
+    let mut out = KeysFound::default();
+    for (user, devices) in wanted {
+        if !accounts::user_exists(c, user)? {
+            continue;
+        }
+        // A peer sees what a local user who is neither the owner nor a signer would.
+        let (owner_asks, viewer) = match viewer {
+            Some(v) => (v == user, v),
+            None => (false, user.as_str()),
+        };
+        let mut mine = Map::new();
+        for d in store::keyed_devices(c, user, devices)? {
+            let mut keys = d.keys;
+            merge_signatures(&mut keys, store::signatures(c, user, &d.device_id)?, user, viewer);
+            if let (Some(name), Some(obj)) = (d.display_name, keys.as_object_mut()) {
+                obj.insert("unsigned".into(), json!({"device_display_name": name}));
+            }
+            mine.insert(d.device_id, keys);
+        }
+        out.device_keys.insert(user.clone(), Value::Object(mine));
+        for kind in CrossSigning::ALL {
+            let into = match kind {
+                CrossSigning::Master => &mut out.master_keys,
+                CrossSigning::SelfSigning => &mut out.self_signing_keys,
+                // Private to its owner.
+                CrossSigning::UserSigning if owner_asks => &mut out.user_signing_keys,
+                CrossSigning::UserSigning => continue,
+            };
+            let Some(mut key) = store::cross_signing_key(c, user, kind)? else {
+                continue;
+            };
+            if let Some(public) = cross_signing_public_key(&key).map(str::to_owned) {
+                merge_signatures(&mut key, store::signatures(c, user, &public)?, user, viewer);
+            }
+            into.insert(user.clone(), key);
+        }
+    }
+    Ok(out)
+}
+
+/// Splits the users a request names into this node's and other nodes' (by server).
+fn split_by_server<T>(
+    s: &AppState,
+    requested: BTreeMap<String, T>,
+) -> Result<(Vec<(String, T)>, remote::ByServer<T>)> {
+    let mut local = Vec::new();
+    let mut others = remote::ByServer::new();
+    for (user, v) in requested {
+        let uid = parse_user_id(&user)?;
+        if uid.server_name() == s.server_name() {
+            local.push((user, v));
+        } else {
+            others
+                .entry(uid.server_name().to_owned())
+                .or_default()
+                .insert(user, v);
+        }
+    }
+    Ok((local, others))
+}
+
+/// `POST /_matrix/client/v3/keys/query`: local users from storage, other nodes' users from
+/// their nodes (in parallel; see [`remote`]).
 async fn query(
     State(s): State<AppState>,
     auth: Auth,
     JsonBody(body): JsonBody<QueryBody>,
 ) -> Result<Json<Value>> {
-    let mut wanted = Vec::new();
-    for (user, devices) in body.device_keys {
-        let uid = parse_user_id(&user)?;
-        // Remote users' keys need federation; until then they are simply absent.
-        if uid.server_name() == s.server_name() {
-            wanted.push((uid.to_string(), devices));
-        }
-    }
+    let (wanted, others) = split_by_server(&s, body.device_keys)?;
     let viewer = auth.user_id.to_string();
-    let out =
-        s.db.read(move |c| {
-            let mut device_keys = Map::new();
-            let mut by_kind: [Map<String, Value>; 3] = Default::default();
-            for (user, devices) in wanted {
-                if !accounts::user_exists(c, &user)? {
-                    continue;
-                }
-                let mut mine = Map::new();
-                for d in store::keyed_devices(c, &user, &devices)? {
-                    let mut keys = d.keys;
-                    merge_signatures(
-                        &mut keys,
-                        store::signatures(c, &user, &d.device_id)?,
-                        &user,
-                        &viewer,
-                    );
-                    if let (Some(name), Some(obj)) = (d.display_name, keys.as_object_mut()) {
-                        obj.insert("unsigned".into(), json!({"device_display_name": name}));
-                    }
-                    mine.insert(d.device_id, keys);
-                }
-                device_keys.insert(user.clone(), Value::Object(mine));
-                for (i, kind) in CrossSigning::ALL.into_iter().enumerate() {
-                    // The user-signing key is private to its owner.
-                    if kind == CrossSigning::UserSigning && user != viewer {
-                        continue;
-                    }
-                    let Some(mut key) = store::cross_signing_key(c, &user, kind)? else {
-                        continue;
-                    };
-                    if let Some(public) = cross_signing_public_key(&key).map(str::to_owned) {
-                        merge_signatures(&mut key, store::signatures(c, &user, &public)?, &user, &viewer);
-                    }
-                    by_kind[i].insert(user.clone(), key);
-                }
-            }
-            let [master, self_signing, user_signing] = by_kind;
-            Ok(json!({
-                "device_keys": device_keys,
-                "master_keys": master,
-                "self_signing_keys": self_signing,
-                "user_signing_keys": user_signing,
-                "failures": {},
-            }))
-        })
-        .await?;
-    Ok(Json(out))
+    let remote = remote::query(&s, others, remote::timeout(body.timeout));
+    let local = s.db.read(move |c| query_local(c, &wanted, Some(&viewer)));
+    let (local, (mut found, failures)) = tokio::join!(local, remote);
+    let local = local?;
+    found.device_keys.extend(local.device_keys);
+    found.master_keys.extend(local.master_keys);
+    found.self_signing_keys.extend(local.self_signing_keys);
+    found.user_signing_keys.extend(local.user_signing_keys);
+    Ok(Json(json!({
+        "device_keys": found.device_keys,
+        "master_keys": found.master_keys,
+        "self_signing_keys": found.self_signing_keys,
+        "user_signing_keys": found.user_signing_keys,
+        "failures": failures,
+    })))
 }
 
-/// `timeout` is for remote servers, which this node does not ask yet.
 #[derive(Deserialize)]
 struct ClaimBody {
     one_time_keys: BTreeMap<String, BTreeMap<String, String>>,
+    /// Milliseconds to wait for other nodes; capped at [`remote::TIMEOUT`].
+    timeout: Option<u64>,
+}
+
+/// Claims one key per named device of local users: a one-time key, or the fallback key
+/// when none is left. Runs in the caller's write transaction, which deletes each one-time
+/// key it returns, so no other claim (client or peer) can ever be handed it again.
+pub fn claim_local(
+    tx: &WriteTx<'_>,
+    wanted: &[(String, BTreeMap<String, String>)],
+) -> Result<Map<String, Value>> {
+    let mut out = Map::new();
+    for (user, devices) in wanted {
+        let mut mine = Map::new();
+        for (device, alg) in devices {
+            if let Some((key_id, key)) = store::claim_key(tx, user, device, alg)? {
+                mine.insert(device.clone(), json!({ format!("{alg}:{key_id}"): key }));
+            }
+        }
+        if !mine.is_empty() {
+            out.insert(user.clone(), Value::Object(mine));
+        }
+    }
+    Ok(out)
 }
 
 /// `POST /_matrix/client/v3/keys/claim`
@@ -233,32 +295,12 @@ async fn claim(
     _auth: Auth,
     JsonBody(body): JsonBody<ClaimBody>,
 ) -> Result<Json<Value>> {
-    let mut wanted = Vec::new();
-    for (user, devices) in body.one_time_keys {
-        let uid = parse_user_id(&user)?;
-        if uid.server_name() == s.server_name() {
-            wanted.push((uid.to_string(), devices));
-        }
-    }
-    // One write transaction: a key deleted here can never be handed out again.
-    let claimed =
-        s.db.write(move |tx| {
-            let mut out = Map::new();
-            for (user, devices) in wanted {
-                let mut mine = Map::new();
-                for (device, alg) in devices {
-                    if let Some((key_id, key)) = store::claim_key(tx, &user, &device, &alg)? {
-                        mine.insert(device, json!({ format!("{alg}:{key_id}"): key }));
-                    }
-                }
-                if !mine.is_empty() {
-                    out.insert(user, Value::Object(mine));
-                }
-            }
-            Ok(out)
-        })
-        .await?;
-    Ok(Json(json!({"one_time_keys": claimed, "failures": {}})))
+    let (wanted, others) = split_by_server(&s, body.one_time_keys)?;
+    let remote = remote::claim(&s, others, remote::timeout(body.timeout));
+    let local = s.db.write(move |tx| claim_local(tx, &wanted));
+    let (local, (mut claimed, failures)) = tokio::join!(local, remote);
+    claimed.extend(local?);
+    Ok(Json(json!({"one_time_keys": claimed, "failures": failures})))
 }
 
 /// `GET /_matrix/client/v3/keys/changes?from=&to=`

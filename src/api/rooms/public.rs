@@ -1,5 +1,9 @@
-//! The published room directory: `GET`/`POST /publicRooms`. Only this server's directory
-//! is served; another `server` gets an empty list until federation lands.
+//! The published room directory: `GET`/`POST /publicRooms`. Without `server`, this node's
+//! rooms and those its connected peers publish ([`peers`]); with another node's `server`,
+//! that node's directory. Peers asking for ours are answered by `p2p::serve::directory`
+//! through [`local_directory`].
+
+mod peers;
 
 use axum::Json;
 use axum::extract::State;
@@ -22,12 +26,12 @@ pub struct PostBody {
     filter: Option<Filter>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
-struct Filter {
-    generic_search_term: Option<String>,
+pub struct Filter {
+    pub generic_search_term: Option<String>,
     /// `null` in the list stands for rooms without a type.
-    room_types: Option<Vec<Option<String>>>,
+    pub room_types: Option<Vec<Option<String>>>,
 }
 
 /// `GET /_matrix/client/v3/publicRooms`: no access token needed.
@@ -71,7 +75,7 @@ fn parse_since(since: &str) -> Result<usize> {
         .ok_or_else(|| Error::invalid_param(format!("invalid since token {since}")))
 }
 
-/// One page of the matching rooms; a `limit` of 0 means no limit, as in Synapse.
+/// One page of the directory `server` names (this node's and its peers' when `None`).
 async fn list(
     s: &AppState,
     server: Option<String>,
@@ -79,22 +83,53 @@ async fn list(
     since: Option<String>,
     filter: Filter,
 ) -> Result<Json<Value>> {
-    let offset = since.as_deref().map(parse_since).transpose()?.unwrap_or(0);
-    if server.is_some_and(|srv| srv != s.server_name().as_str()) {
-        return Ok(Json(json!({"chunk": [], "total_room_count_estimate": 0})));
-    }
-    let mut rooms =
-        s.db.read(move |c| {
-            let mut out = Vec::new();
-            for room in store::published_rooms(c)? {
-                let entry = chunk_entry(c, &room)?;
-                if matches_filter(&entry, &filter) {
-                    out.push(entry);
+    match server {
+        Some(srv) if srv != s.server_name().as_str() => {
+            peers::remote_directory(s, &srv, limit, since, &filter).await.map(Json)
+        }
+        Some(_) => local_directory(s, limit, since.as_deref(), filter).await.map(Json),
+        None => {
+            let offset = since.as_deref().map(parse_since).transpose()?.unwrap_or(0);
+            let (mine, theirs) = tokio::join!(matching_rooms(s, filter.clone()), peers::announced(s, &filter));
+            let mut rooms = mine?;
+            for room in theirs {
+                if !rooms.iter().any(|r| r["room_id"] == room["room_id"]) {
+                    rooms.push(room);
                 }
             }
-            Ok(out)
-        })
-        .await?;
+            Ok(Json(page(rooms, limit, offset)))
+        }
+    }
+}
+
+/// One page of this node's own directory: the client API's and the peer protocol's.
+pub async fn local_directory(
+    s: &AppState,
+    limit: Option<u64>,
+    since: Option<&str>,
+    filter: Filter,
+) -> Result<Value> {
+    let offset = since.map(parse_since).transpose()?.unwrap_or(0);
+    Ok(page(matching_rooms(s, filter).await?, limit, offset))
+}
+
+/// This node's published rooms that match `filter`, as `PublishedRoomsChunk`s.
+async fn matching_rooms(s: &AppState, filter: Filter) -> Result<Vec<Value>> {
+    s.db.read(move |c| {
+        let mut out = Vec::new();
+        for room in store::published_rooms(c)? {
+            let entry = chunk_entry(c, &room)?;
+            if matches_filter(&entry, &filter) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// The page of `rooms` at `offset`, ordered; a `limit` of 0 means no limit, as in Synapse.
+fn page(mut rooms: Vec<Value>, limit: Option<u64>, offset: usize) -> Value {
     // Largest rooms first (the spec's former order), room ID to break ties stably.
     rooms.sort_by(|a, b| {
         let n = |v: &Value| v["num_joined_members"].as_u64().unwrap_or(0);
@@ -118,7 +153,7 @@ async fn list(
     if start > 0 {
         res["prev_batch"] = format!("o{}", start.saturating_sub(limit)).into();
     }
-    Ok(Json(res))
+    res
 }
 
 fn matches_filter(entry: &Value, filter: &Filter) -> bool {

@@ -1,0 +1,414 @@
+//! Durable delivery: what peers must receive is queued ([`crate::storage::outbox`]) in the
+//! transaction that stores it, and sent from here until the peer confirms.
+//!
+//! Destinations are served concurrently, each by one task with at most one request in
+//! flight, in order: messages first (to-device messages carry the room keys that decrypt
+//! the events that follow), then room heads. A destination that cannot be reached backs
+//! off as a whole (jittered, 250 ms doubling to 4 s, never given up on); seeing the peer
+//! again ([`PeerEvent::Seen`]) makes everything it is owed due at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ruma::{OwnedServerName, OwnedUserId};
+use serde_json::{Map, Value, json};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinSet;
+
+use super::PeerEvent;
+use super::wire::{self, Request, Response};
+use crate::api::account::now_ms;
+use crate::services::AppState;
+use crate::storage::events::forward_extremities;
+use crate::storage::outbox::{self as store, Message, RoomHead};
+use crate::{Error, Result};
+
+/// Most rows of each table one destination's task reads at a time.
+const BATCH: usize = 64;
+/// Most destinations served at once.
+const MAX_PARALLEL: usize = 64;
+/// The longest the worker sleeps with nothing scheduled (a safety net; commits and peer
+/// events wake it sooner).
+const IDLE: Duration = Duration::from_secs(30);
+/// How long a destination's task pauses after its storage failed, so a broken database
+/// is not retried in a tight loop.
+const FAILURE_PAUSE: Duration = Duration::from_secs(1);
+/// Room for a to-device EDU's envelope (`sender`, `type`, `message_id`, the request's tags)
+/// within the request frame limit, beyond the event type and sender themselves.
+const ENVELOPE_BYTES: usize = 1024;
+
+/// Errors after which resending the same row cannot succeed: it is dropped. M_FORBIDDEN
+/// on heads means the peer has no member left in the room.
+const PERMANENT: &[&str] = &[
+    "M_FORBIDDEN",
+    "M_BAD_JSON",
+    "M_NOT_JSON",
+    "M_TOO_LARGE",
+    "M_INVALID_PARAM",
+    "M_MISSING_PARAM",
+    "M_UNRECOGNIZED",
+    "M_UNSUPPORTED_ROOM_VERSION",
+];
+
+/// Sends the outbox until the node stops (`node.rs` spawns it).
+pub async fn run(s: AppState) {
+    let mut events = Some(s.p2p.subscribe_events());
+    let mut tasks = JoinSet::new();
+    let mut in_flight: HashMap<tokio::task::Id, OwnedServerName> = HashMap::new();
+    // Per destination being served: set when the peer is seen during a request.
+    let mut seen_flags: HashMap<OwnedServerName, Arc<AtomicBool>> = HashMap::new();
+    loop {
+        // Read before scheduling, so a commit in between still wakes the wait below.
+        let pos = s.db.notifier().current();
+        let now = now_ms();
+        let schedule = match s.db.read(store::schedule).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the outbox failed");
+                Vec::new()
+            }
+        };
+        let mut next: Option<i64> = None;
+        for (dest, due) in schedule {
+            let Ok(server) = OwnedServerName::try_from(dest) else {
+                continue;
+            };
+            if seen_flags.contains_key(&server) {
+                continue;
+            }
+            if due > now {
+                next = Some(next.map_or(due, |n| n.min(due)));
+            } else if in_flight.len() < MAX_PARALLEL {
+                let flag = Arc::new(AtomicBool::new(false));
+                seen_flags.insert(server.clone(), flag.clone());
+                let handle = tasks.spawn(drain(s.clone(), server.clone(), flag));
+                in_flight.insert(handle.id(), server);
+            }
+        }
+        let wait = next.map_or(IDLE, |t| Duration::from_millis((t - now).max(0) as u64).min(IDLE));
+        let peer_event = async {
+            match events.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = s.db.notifier().wait_past(pos, wait) => {}
+            ev = peer_event => match ev {
+                Ok(PeerEvent::Seen(server)) => {
+                    if let Some(flag) = seen_flags.get(&server) {
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                    reset(&s, Some(server.to_string())).await;
+                }
+                Ok(PeerEvent::Disconnected(_)) => {}
+                // Sightings were missed: treat every peer as seen.
+                Err(RecvError::Lagged(_)) => reset(&s, None).await,
+                Err(RecvError::Closed) => events = None,
+            },
+            Some(done) = tasks.join_next_with_id() => {
+                let id = match &done {
+                    Ok((id, ())) => *id,
+                    Err(e) => {
+                        tracing::error!(error = %e, "outbox task failed");
+                        e.id()
+                    }
+                };
+                if let Some(server) = in_flight.remove(&id) {
+                    seen_flags.remove(&server);
+                }
+            }
+        }
+    }
+}
+
+/// Makes the backed-off rows of `dest` (of everyone for `None`) due now.
+async fn reset(s: &AppState, dest: Option<String>) {
+    let d = dest.clone();
+    // Peers are seen often; only a peer actually owed retries costs a write.
+    if !s
+        .db
+        .read(move |c| store::backing_off(c, d.as_deref()))
+        .await
+        .unwrap_or(true)
+    {
+        return;
+    }
+    let now = now_ms();
+    if let Err(e) =
+        s.db.write(move |tx| store::reset_destination(tx, dest.as_deref(), now))
+            .await
+    {
+        tracing::warn!(error = %e, "resetting outbox backoff failed");
+    }
+}
+
+/// How one request ended.
+enum Sent {
+    Ok,
+    /// The peer answered with an error.
+    Refused {
+        errcode: String,
+        error: String,
+    },
+    /// No answer: unreachable, timed out, or a bad frame.
+    Unreachable(Error),
+}
+
+async fn send(s: &AppState, dest: &OwnedServerName, req: Request, seen: &AtomicBool) -> Sent {
+    seen.store(false, Ordering::SeqCst);
+    match s.p2p.request(dest, req).await {
+        Ok(Response::Ok {}) => Sent::Ok,
+        Ok(Response::Error { errcode, error }) => Sent::Refused { errcode, error },
+        Ok(_) => Sent::Refused {
+            errcode: "M_UNKNOWN".into(),
+            error: "unexpected response".into(),
+        },
+        Err(e) => Sent::Unreachable(e),
+    }
+}
+
+/// A room row with what to send for it: the room's forward extremities now.
+struct Head {
+    row: RoomHead,
+    extremities: Vec<String>,
+}
+
+/// Sends `dest` everything due until nothing is, or until it cannot be reached.
+async fn drain(s: AppState, dest: OwnedServerName, seen: Arc<AtomicBool>) {
+    let d = dest.to_string();
+    loop {
+        let now = now_ms();
+        let key = d.clone();
+        // One snapshot: each row's `stream` covers exactly the extremities read with it.
+        let batch =
+            s.db.read(move |c| {
+                let messages = store::due_messages(c, &key, now, BATCH)?;
+                let mut heads = Vec::new();
+                for row in store::due_rooms(c, &key, now, BATCH)? {
+                    let mut extremities = forward_extremities(c, &row.room_id)?;
+                    extremities.truncate(wire::MAX_EVENT_IDS);
+                    heads.push(Head { row, extremities });
+                }
+                Ok((messages, heads))
+            })
+            .await;
+        let (messages, heads) = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the outbox failed");
+                tokio::time::sleep(FAILURE_PAUSE).await;
+                return;
+            }
+        };
+        if messages.is_empty() && heads.is_empty() {
+            return;
+        }
+        match send_batch(&s, &dest, &seen, messages, heads).await {
+            Ok(()) => {}
+            Err(Stop::Retry) => continue,
+            Err(Stop::BackOff(attempts)) => {
+                let (key, at) = (d.clone(), now_ms() + store::jittered_backoff_ms(attempts));
+                let backed =
+                    s.db.write(move |tx| store::back_off_destination(tx, &key, attempts, at))
+                        .await;
+                if let Err(e) = backed {
+                    tracing::warn!(error = %e, "recording outbox backoff failed");
+                }
+                return;
+            }
+            Err(Stop::Fatal(e)) => {
+                tracing::warn!(error = %e, destination = %dest, "outbox storage failed");
+                tokio::time::sleep(FAILURE_PAUSE).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Why a destination's batch stopped early.
+enum Stop {
+    /// The peer was seen while the failed request was out: retry at once.
+    Retry,
+    /// Back the destination off, counting this many failures.
+    BackOff(i64),
+    Fatal(Error),
+}
+
+async fn send_batch(
+    s: &AppState,
+    dest: &OwnedServerName,
+    seen: &AtomicBool,
+    messages: Vec<Message>,
+    heads: Vec<Head>,
+) -> std::result::Result<(), Stop> {
+    let d = dest.to_string();
+    let failed = |attempts: i64, seen: &AtomicBool| {
+        if seen.load(Ordering::SeqCst) {
+            Stop::Retry
+        } else {
+            Stop::BackOff(attempts.saturating_add(1))
+        }
+    };
+    for m in messages {
+        let outcome = match message_request(&m) {
+            Some(req) => send(s, dest, req, seen).await,
+            None => Sent::Refused {
+                errcode: "M_BAD_JSON".into(),
+                error: "unreadable queued message".into(),
+            },
+        };
+        match outcome {
+            Sent::Ok => {}
+            Sent::Refused { errcode, error } if PERMANENT.contains(&errcode.as_str()) => {
+                tracing::warn!(destination = %dest, kind = m.kind, errcode, error, "peer refused a message; dropped");
+            }
+            Sent::Refused { errcode, error } => {
+                // In order per destination: a passing refusal holds back what follows.
+                tracing::debug!(destination = %dest, errcode, error, "peer refused a message for now");
+                return Err(failed(m.attempts, seen));
+            }
+            Sent::Unreachable(e) => {
+                tracing::debug!(destination = %dest, error = %e, "peer unreachable");
+                return Err(failed(m.attempts, seen));
+            }
+        }
+        s.db.write(move |tx| store::delete_message(tx, m.id))
+            .await
+            .map_err(Stop::Fatal)?;
+    }
+    for h in heads {
+        let req = Request::Heads {
+            room_id: h.row.room_id.clone(),
+            extremities: h.extremities,
+        };
+        let row = h.row;
+        let now = now_ms();
+        let (key, room) = (d.clone(), row.room_id.clone());
+        let settled = match send(s, dest, req, seen).await {
+            Sent::Ok => {
+                s.db.write(move |tx| store::confirm_room(tx, &key, &room, row.stream, now))
+                    .await
+                    .map(|_| ())
+            }
+            Sent::Refused { errcode, error } if PERMANENT.contains(&errcode.as_str()) => {
+                tracing::debug!(destination = %dest, room = row.room_id, errcode, error, "peer refused heads; dropped");
+                s.db.write(move |tx| store::confirm_room(tx, &key, &room, row.stream, now))
+                    .await
+                    .map(|_| ())
+            }
+            // Rooms are independent: one the peer cannot take yet waits alone.
+            Sent::Refused { errcode, error } => {
+                tracing::debug!(destination = %dest, room = row.room_id, errcode, error, "peer refused heads for now");
+                let attempts = row.attempts.saturating_add(1);
+                let at = now + store::jittered_backoff_ms(attempts);
+                s.db.write(move |tx| store::retry_room(tx, &key, &room, attempts, at))
+                    .await
+            }
+            Sent::Unreachable(e) => {
+                tracing::debug!(destination = %dest, error = %e, "peer unreachable");
+                return Err(failed(row.attempts, seen));
+            }
+        };
+        settled.map_err(Stop::Fatal)?;
+    }
+    Ok(())
+}
+
+/// The request carrying a queued message; `None` for one that cannot be read.
+fn message_request(m: &Message) -> Option<Request> {
+    let content: Value = serde_json::from_str(&m.body).ok()?;
+    match m.kind.as_str() {
+        store::KIND_TO_DEVICE => Some(Request::ToDevice { content }),
+        store::KIND_DEVICE_LIST_UPDATE => Some(Request::DeviceListUpdate { content }),
+        _ => None,
+    }
+}
+
+/// Messages for one remote user: device ID (or `*`) → content.
+pub type UserMessages = BTreeMap<String, Map<String, Value>>;
+
+/// Packs to-device messages for remote users into `m.direct_to_device` EDU contents,
+/// `(destination, content)`, each small enough for one request frame: one per destination
+/// unless that is too big. `message_id`s derive from `txn` (unique per sender: its device
+/// and transaction), so the receiver can tell a resent EDU from a new one. A single
+/// message too big for a frame is `M_TOO_LARGE`.
+pub fn to_device_edus(
+    sender: &str,
+    event_type: &str,
+    txn: &str,
+    messages: Vec<(OwnedUserId, UserMessages)>,
+) -> Result<Vec<(String, Value)>> {
+    let size = |v: &str| serde_json::to_string(v).map_or(v.len(), |j| j.len());
+    let budget =
+        (wire::MAX_REQUEST_BYTES as usize).saturating_sub(ENVELOPE_BYTES + size(sender) + size(event_type));
+    let mut per_dest: BTreeMap<String, Vec<(String, String, Map<String, Value>)>> = BTreeMap::new();
+    for (user, devices) in messages {
+        let dest = user.server_name().to_string();
+        for (device, content) in devices {
+            per_dest
+                .entry(dest.clone())
+                .or_default()
+                .push((user.to_string(), device, content));
+        }
+    }
+    let mut out = Vec::new();
+    for (dest, entries) in per_dest {
+        let mut chunk: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+        let mut used = 0;
+        for (user, device, content) in entries {
+            // Each entry is counted with its own user key: an overestimate, never under.
+            let cost = size(&user) + size(&device) + serde_json::to_string(&content)?.len() + 8;
+            if cost > budget {
+                return Err(Error::too_large(format!(
+                    "a to-device message for {user} is over the {} byte peer frame limit",
+                    wire::MAX_REQUEST_BYTES
+                )));
+            }
+            if used + cost > budget {
+                out.push(edu(
+                    sender,
+                    event_type,
+                    txn,
+                    &dest,
+                    out.len(),
+                    std::mem::take(&mut chunk),
+                ));
+                used = 0;
+            }
+            used += cost;
+            chunk
+                .entry(user)
+                .or_default()
+                .insert(device, Value::Object(content));
+        }
+        if !chunk.is_empty() {
+            out.push(edu(sender, event_type, txn, &dest, out.len(), chunk));
+        }
+    }
+    Ok(out)
+}
+
+fn edu(
+    sender: &str,
+    event_type: &str,
+    txn: &str,
+    dest: &str,
+    n: usize,
+    messages: BTreeMap<String, Map<String, Value>>,
+) -> (String, Value) {
+    let seed = format!("{sender}\n{txn}\n{dest}\n{n}");
+    let message_id = blake3::hash(seed.as_bytes()).to_hex()[..32].to_owned();
+    let content = json!({
+        "sender": sender,
+        "type": event_type,
+        "message_id": message_id,
+        "messages": messages,
+    });
+    (dest.to_owned(), content)
+}
+
+#[cfg(test)]
+mod tests;

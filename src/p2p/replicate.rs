@@ -1,0 +1,62 @@
+//! Room replication: gossip in and out, the repair path (fetching what a received event
+//! lacks from its sender or any member, `heads`), and serving events to other nodes.
+//!
+//! Stored first, published second ([`publish`]); verified and stored before forwarded
+//! ([`gossip`]); gaps fetched in pages and stored a page per transaction ([`fetch`]),
+//! jumped with the state at their edge when too long ([`jump`]); events served only as
+//! the room's history visibility allows the asking server ([`view`], [`serving`]).
+
+mod fetch;
+mod gossip;
+mod jump;
+mod publish;
+mod serving;
+pub mod view;
+
+#[cfg(test)]
+mod tests;
+
+use ruma::ServerName;
+
+use super::wire::{MAX_EVENT_IDS, Response};
+use crate::services::AppState;
+use crate::storage::replication::{held, server_members};
+
+pub use gossip::{REMOTE_TYPING, on_gossip};
+pub use publish::{publish_receipt, publish_typing, run_publisher};
+pub use serving::serve;
+
+/// `/meshserver/heads/1`: fetches whatever of `extremities` this node lacks (from `origin`
+/// first), and answers `Ok` only once it holds them all, so the answer confirms delivery.
+pub async fn serve_heads(s: &AppState, origin: &ServerName, room_id: String, extremities: Vec<String>) -> Response {
+    if extremities.len() > MAX_EVENT_IDS {
+        return Response::error("M_INVALID_PARAM", format!("at most {MAX_EVENT_IDS} extremities"));
+    }
+    let (room, server, ids) = (room_id.clone(), origin.to_owned(), extremities.clone());
+    let known = s
+        .db
+        .read(move |c| {
+            let joined = server_members(c, &room, server.as_str())?
+                .iter()
+                .any(|(_, m)| m == "join");
+            let have = held(c, &ids)?;
+            Ok((joined, ids.into_iter().filter(|id| !have.contains(id)).collect::<Vec<_>>()))
+        })
+        .await;
+    let unknown = match known {
+        Ok((false, _)) => return fetch::forbidden(s),
+        Ok((true, unknown)) => unknown,
+        Err(e) => return e.into(),
+    };
+    if unknown.is_empty() {
+        return Response::Ok {};
+    }
+    if let Err(e) = fetch::fetch_heads(s, origin, &room_id, unknown.clone()).await {
+        return e.into();
+    }
+    match fetch::holds_all(s, &unknown).await {
+        Ok(true) => Response::Ok {},
+        Ok(false) => Response::error("M_NOT_FOUND", "could not fetch every head"),
+        Err(e) => e.into(),
+    }
+}

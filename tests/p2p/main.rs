@@ -1,0 +1,7 @@
+//! Nodes federating over real libp2p/QUIC on loopback, each with its own SQLite file.
+
+#[path = "../client_api/common.rs"]
+mod common;
+mod net;
+
+mod discovery;
