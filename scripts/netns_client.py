@@ -213,7 +213,7 @@ def normalized_state(node, token, rid):
     events = node.call("GET", f"/_matrix/client/v3/rooms/{q(rid)}/state", token=token)
     rows = []
     for ev in events:
-        ev = {k: v for k, v in ev.items() if k not in ("unsigned", "age", "room_id")}
+        ev = {k: v for k, v in ev.items() if k not in ("unsigned", "age")}
         rows.append(ev)
     rows.sort(key=lambda e: (e.get("type", ""), e.get("state_key", "")))
     return json.dumps(rows, sort_keys=True)
@@ -299,13 +299,13 @@ class Run:
     def chat(self):
         n1, n2, n3 = self.nodes
         self.alice, self.bob, self.carol = users = [User(n1, "alice"), User(n2, "bob"), User(n3, "carol")]
+        figures = []
         try:
             for u in users:
                 u.register()
                 u.sync()
             r = self.alice.call("POST", "/createRoom", {"preset": "public_chat", "name": "netns test"})
             rid = self.rid = r["room_id"]
-            figures = []
             for u in (self.bob, self.carol):
                 t = time.monotonic()
                 try:
@@ -361,10 +361,10 @@ class Run:
                 raise Failed(f"{e}; missing {', '.join(missing)}")
             figures.append(f"6 cross-node deliveries, slowest {max(first.values()):.2f} s")
         except Failed as e:
-            self.report(False, "chat", str(e))
+            self.report(False, "chat", "; ".join([str(e)] + figures))
             return False
         except (HttpError, OSError, KeyError) as e:
-            self.report(False, "chat", f"{type(e).__name__}: {e}")
+            self.report(False, "chat", "; ".join([f"{type(e).__name__}: {e}"] + figures))
             return False
         self.report(True, "chat", f"room {rid}; " + "; ".join(figures))
         return True

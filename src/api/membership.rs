@@ -6,6 +6,7 @@
 //! cases a client commonly gets wrong first, so those get a clear message.
 
 use axum::extract::{Path, State};
+use axum::http::Uri;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,6 +29,7 @@ use crate::storage::state::current_state_id;
 use crate::{Error, Result};
 
 mod lists;
+mod remote;
 
 use lists::{joined_members, joined_rooms, members};
 
@@ -155,7 +157,7 @@ impl TargetBody {
     }
 }
 
-/// The room an ID or alias names. Only local aliases resolve until federation lands.
+/// The room an ID or one of this node's aliases names.
 async fn resolve_room(s: &AppState, id_or_alias: &str) -> Result<OwnedRoomId> {
     if !id_or_alias.starts_with('#') {
         return parse_room_id(id_or_alias);
@@ -170,16 +172,18 @@ async fn resolve_room(s: &AppState, id_or_alias: &str) -> Result<OwnedRoomId> {
     parse_room_id(&room.ok_or_else(|| Error::not_found(format!("Room alias {alias} not found")))?)
 }
 
-/// `POST /_matrix/client/v3/join/{roomIdOrAlias}`: `via`/`server_name` are accepted and
-/// unused until remote joins exist.
+/// `POST /_matrix/client/v3/join/{roomIdOrAlias}`: `server_name`/`via` name nodes to join
+/// through when this node is not in the room (see [`remote::join`]).
 async fn join_by_id_or_alias(
     State(s): State<AppState>,
     auth: Auth,
     Path(target): Path<String>,
+    uri: Uri,
     JsonBody(body): JsonBody<ReasonBody>,
 ) -> Result<Json<Value>> {
-    let room_id = resolve_room(&s, &target).await?;
-    join_room(s, auth, room_id, body.reason).await
+    let via = remote::via_servers(&uri)?;
+    let room_id = remote::join(s, auth, &target, via, body.reason).await?;
+    Ok(Json(json!({"room_id": room_id})))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
@@ -187,18 +191,17 @@ async fn join(
     State(s): State<AppState>,
     auth: Auth,
     Path(room_id): Path<String>,
+    uri: Uri,
     JsonBody(body): JsonBody<ReasonBody>,
 ) -> Result<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
-    join_room(s, auth, room_id, body.reason).await
+    let via = remote::via_servers(&uri)?;
+    parse_room_id(&room_id)?;
+    let room_id = remote::join(s, auth, &room_id, via, body.reason).await?;
+    Ok(Json(json!({"room_id": room_id})))
 }
 
-async fn join_room(
-    s: AppState,
-    auth: Auth,
-    room_id: OwnedRoomId,
-    reason: Option<String>,
-) -> Result<Json<Value>> {
+/// A join served by this node, on its own copy of the room.
+async fn join_room(s: AppState, auth: Auth, room_id: OwnedRoomId, reason: Option<String>) -> Result<()> {
     let services = s.clone();
     let rid = room_id.clone();
     s.db.write(move |tx| {
@@ -223,12 +226,12 @@ async fn join_room(
         set_membership(tx, &services.identity, change)
     })
     .await?;
-    Ok(Json(json!({"room_id": room_id})))
+    Ok(())
 }
 
 /// For a restricted room the user is not yet in: checks the `allow` conditions and picks
 /// a local member able to invite, whose ID the join event must carry.
-fn join_authoriser(
+pub(crate) fn join_authoriser(
     conn: &Connection,
     identity: &Identity,
     room_id: &RoomId,
@@ -274,7 +277,22 @@ fn join_authoriser(
     ))
 }
 
-/// `POST /_matrix/client/v3/rooms/{roomId}/invite`
+/// The cases of an invite a client commonly gets wrong, with a clear message each.
+fn may_invite(conn: &Connection, room_id: &RoomId, inviter: &UserId, target: &UserId) -> Result<()> {
+    require_room(conn, room_id)?;
+    let room = room_id.as_str();
+    if store::membership(conn, room, inviter.as_str())?.as_deref() != Some("join") {
+        return Err(Error::forbidden("You are not in this room"));
+    }
+    match store::membership(conn, room, target.as_str())?.as_deref() {
+        Some("join") => Err(Error::forbidden(format!("{target} is already in the room"))),
+        Some("ban") => Err(Error::forbidden(format!("{target} is banned from the room"))),
+        _ => Ok(()),
+    }
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/invite`: a user of another node is invited
+/// through their node, which countersigns the invite.
 async fn invite(
     State(s): State<AppState>,
     auth: Auth,
@@ -283,18 +301,16 @@ async fn invite(
 ) -> Result<Response> {
     let room_id = parse_room_id(&room_id)?;
     let target = body.target()?;
+    if target.server_name() != s.server_name() {
+        let (rid, inviter, invitee) = (room_id.clone(), auth.user_id.clone(), target.clone());
+        s.db.read(move |c| may_invite(c, &rid, &inviter, &invitee)).await?;
+        let reason = body.reason;
+        crate::p2p::join::remote::invite_remote(&s, &auth.user_id, &room_id, &target, reason).await?;
+        return Ok(empty());
+    }
     let services = s.clone();
     s.db.write(move |tx| {
-        require_room(tx, &room_id)?;
-        let room = room_id.as_str();
-        if store::membership(tx, room, auth.user_id.as_str())?.as_deref() != Some("join") {
-            return Err(Error::forbidden("You are not in this room"));
-        }
-        match store::membership(tx, room, target.as_str())?.as_deref() {
-            Some("join") => return Err(Error::forbidden(format!("{target} is already in the room"))),
-            Some("ban") => return Err(Error::forbidden(format!("{target} is banned from the room"))),
-            _ => {}
-        }
+        may_invite(tx, &room_id, &auth.user_id, &target)?;
         let change = Change {
             room_id: &room_id,
             sender: &auth.user_id,
@@ -320,6 +336,14 @@ async fn leave(
     let services = s.clone();
     s.db.write(move |tx| {
         require_room(tx, &room_id)?;
+        if remote::held_elsewhere(tx, &room_id)? {
+            // Only an invite is held here; the inviter's node is not told (the wire
+            // protocol has no leave handshake): the invite just leaves the user's /sync.
+            return match crate::room::import::reject_invite(tx, auth.user_id.as_str(), room_id.as_str())? {
+                true => Ok(String::new()),
+                false => Err(Error::forbidden("You are not in this room")),
+            };
+        }
         let current = store::membership(tx, room_id.as_str(), auth.user_id.as_str())?;
         if !matches!(current.as_deref(), Some("join" | "invite" | "knock")) {
             return Err(Error::forbidden("You are not in this room"));

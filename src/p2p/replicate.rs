@@ -28,19 +28,28 @@ pub use serving::serve;
 
 /// `/meshserver/heads/1`: fetches whatever of `extremities` this node lacks (from `origin`
 /// first), and answers `Ok` only once it holds them all, so the answer confirms delivery.
-pub async fn serve_heads(s: &AppState, origin: &ServerName, room_id: String, extremities: Vec<String>) -> Response {
+pub async fn serve_heads(
+    s: &AppState,
+    origin: &ServerName,
+    room_id: String,
+    extremities: Vec<String>,
+) -> Response {
     if extremities.len() > MAX_EVENT_IDS {
         return Response::error("M_INVALID_PARAM", format!("at most {MAX_EVENT_IDS} extremities"));
     }
     let (room, server, ids) = (room_id.clone(), origin.to_owned(), extremities.clone());
-    let known = s
-        .db
-        .read(move |c| {
+    let known =
+        s.db.read(move |c| {
             let joined = server_members(c, &room, server.as_str())?
                 .iter()
                 .any(|(_, m)| m == "join");
             let have = held(c, &ids)?;
-            Ok((joined, ids.into_iter().filter(|id| !have.contains(id)).collect::<Vec<_>>()))
+            Ok((
+                joined,
+                ids.into_iter()
+                    .filter(|id| !have.contains(id))
+                    .collect::<Vec<_>>(),
+            ))
         })
         .await;
     let unknown = match known {

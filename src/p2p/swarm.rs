@@ -93,11 +93,10 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> anyhow::Result<Behaviour>
     // Signed: the message's `source` is the publishing node, which EDUs are checked against.
     let gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)
         .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
-    let mut kad = kad::Behaviour::with_config(
-        local,
-        MemoryStore::new(local),
-        kad::Config::new(StreamProtocol::new("/meshserver/kad/1")),
-    );
+    let mut kad_cfg = kad::Config::new(StreamProtocol::new("/meshserver/kad/1"));
+    // Idle traffic costs phone batteries: refresh the routing table every 30 min, not 5.
+    kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(30 * 60)));
+    let mut kad = kad::Behaviour::with_config(local, MemoryStore::new(local), kad_cfg);
     kad.set_mode(Some(kad::Mode::Server));
     Ok(Behaviour {
         gossipsub,
@@ -177,9 +176,16 @@ pub async fn spawn(services: AppState, commands: mpsc::Receiver<Command>) -> any
         services,
     };
     for addr in task.services.config.p2p_listen.clone() {
-        task.swarm
-            .listen_on(addr.clone())
-            .map_err(|e| anyhow::anyhow!("p2p listen on {addr}: {e}"))?;
+        if let Err(e) = task.swarm.listen_on(addr.clone()) {
+            // A second node on the same machine finds the default port taken: any free port
+            // serves it as well (mDNS and the address book carry the real one).
+            let fallback = with_udp_port(&addr, crate::config::DEFAULT_P2P_PORT, 0)
+                .ok_or_else(|| anyhow::anyhow!("p2p listen on {addr}: {e:?}"))?;
+            tracing::warn!(%addr, error = ?e, "p2p port busy; listening on a free port instead");
+            task.swarm
+                .listen_on(fallback)
+                .map_err(|e| anyhow::anyhow!("p2p listen on {addr}: {e:?}"))?;
+        }
     }
     // Wait for the listeners so that callers (and `info`) see the bound ports.
     let wanted = task.services.config.p2p_listen.len();
@@ -647,6 +653,22 @@ impl Task {
             rr::Event::ResponseSent { .. } => {}
         }
     }
+}
+
+/// `addr` with its UDP port `from` replaced by `to`; `None` if it has another port.
+fn with_udp_port(addr: &Multiaddr, from: u16, to: u16) -> Option<Multiaddr> {
+    let mut changed = false;
+    let out = addr
+        .iter()
+        .map(|p| match p {
+            AddrProtocol::Udp(port) if port == from => {
+                changed = true;
+                AddrProtocol::Udp(to)
+            }
+            p => p,
+        })
+        .collect();
+    changed.then_some(out)
 }
 
 fn strip_p2p(a: &Multiaddr) -> Multiaddr {

@@ -117,8 +117,10 @@ pub fn import_join(tx: &mut WriteTx<'_>, identity: &Identity, answer: JoinAnswer
 
     state_res::check_state_independent_auth_rules(&rules.authorization, &join, |id| get_pdu(tx, id.as_str()))
         .map_err(|e| bad(format!("join not authorised by its auth events: {e}")))?;
-    check_against(tx, &rules, &join, |t, k| state.get(&(t.to_owned(), k.to_owned())).cloned())
-        .map_err(|e| bad(format!("join not authorised by the room state: {e}")))?;
+    check_against(tx, &rules, &join, |t, k| {
+        state.get(&(t.to_owned(), k.to_owned())).cloned()
+    })
+    .map_err(|e| bad(format!("join not authorised by the room state: {e}")))?;
     // The resident's view supersedes whatever this node held of the room before.
     tx.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1")?
         .execute([room.as_str()])?;
@@ -162,9 +164,14 @@ fn checked_create<'a>(
         .ok_or_else(|| bad("no create event in the state"))?;
     let content = create.content_value();
     // Before v11's explicit field was required, an absent room_version meant "1".
-    let named = content.get("room_version").and_then(|v| v.as_str()).unwrap_or("1");
+    let named = content
+        .get("room_version")
+        .and_then(|v| v.as_str())
+        .unwrap_or("1");
     if named != version.as_str() {
-        return Err(bad(format!("room version {version} named, the create event says {named}")));
+        return Err(bad(format!(
+            "room version {version} named, the create event says {named}"
+        )));
     }
     Ok(create)
 }
@@ -175,7 +182,10 @@ fn checked_create<'a>(
 fn auth_order(events: &HashMap<OwnedEventId, Pdu>, join: &Pdu) -> Result<Vec<OwnedEventId>> {
     for pdu in events.values().chain(std::iter::once(join)) {
         if let Some(missing) = pdu.auth_events.iter().find(|a| !events.contains_key(*a)) {
-            return Err(bad(format!("auth event {missing} of {} is missing", pdu.event_id)));
+            return Err(bad(format!(
+                "auth event {missing} of {} is missing",
+                pdu.event_id
+            )));
         }
     }
     let mut waiting: HashMap<&OwnedEventId, usize> = HashMap::new();
@@ -229,8 +239,10 @@ fn authorised_by_auth_events(
     auth_state
         .entry(("m.room.create".to_owned(), String::new()))
         .or_insert_with(|| create_id.to_owned());
-    check_against(conn, rules, pdu, |t, k| auth_state.get(&(t.to_owned(), k.to_owned())).cloned())
-        .map_err(|e| bad(format!("{} not authorised by its auth events: {e}", pdu.event_id)))
+    check_against(conn, rules, pdu, |t, k| {
+        auth_state.get(&(t.to_owned(), k.to_owned())).cloned()
+    })
+    .map_err(|e| bad(format!("{} not authorised by its auth events: {e}", pdu.event_id)))
 }
 
 /// Makes the room row ready: created if new, its version checked if known. What an
@@ -258,6 +270,23 @@ pub(crate) fn drop_invite_outliers(conn: &Connection, room: &str) -> Result<()> 
     conn.prepare_cached("DELETE FROM events WHERE room_id = ?1 AND outlier = ?2")?
         .execute(params![room, OUTLIER_INVITE])?;
     Ok(())
+}
+
+/// Turns down an invite to a room this node holds only the invite of: the user's
+/// membership becomes `leave` at a new stream position, so `/sync` moves the room out of
+/// `invite`. Returns whether there was such an invite.
+pub fn reject_invite(tx: &mut WriteTx<'_>, user: &str, room: &str) -> Result<bool> {
+    let pending = crate::storage::rooms::local_membership(tx, user, room)?;
+    if pending.is_none_or(|m| m.membership != "invite") {
+        return Ok(false);
+    }
+    let stream = tx.next_stream_id()?;
+    tx.prepare_cached(
+        "UPDATE local_membership SET membership = 'leave', stream_ordering = ?3 \
+         WHERE user_id = ?1 AND room_id = ?2",
+    )?
+    .execute(params![user, room, stream])?;
+    Ok(true)
 }
 
 pub(crate) fn set_outlier(conn: &Connection, event_id: &str, kind: i64) -> Result<()> {

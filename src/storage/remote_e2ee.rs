@@ -131,9 +131,12 @@ pub fn cached_keys(conn: &Connection, user_id: &str) -> Result<Option<CachedKeys
     let Some((master, self_signing)) = head else {
         return Ok(None);
     };
-    let mut stmt = conn
-        .prepare_cached("SELECT device_id, json FROM remote_device_keys WHERE user_id = ?1 ORDER BY device_id")?;
-    let rows = stmt.query_map([user_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT device_id, json FROM remote_device_keys WHERE user_id = ?1 ORDER BY device_id",
+    )?;
+    let rows = stmt.query_map([user_id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
     let mut devices = Vec::new();
     for row in rows {
         let (device_id, json) = row?;

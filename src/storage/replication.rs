@@ -60,22 +60,25 @@ pub fn held(conn: &Connection, event_ids: &[String]) -> Result<HashSet<String>> 
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// An event's place for a DAG walk: its room, depth and stream position.
+/// An event's place for a DAG walk: its room, depth and stream position, and whether it
+/// may be served at all (not an invite's outlier, which only had its signatures checked).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     pub room_id: String,
     pub depth: i64,
     pub stream: i64,
+    pub servable: bool,
 }
 
 pub fn dag_node(conn: &Connection, event_id: &str) -> Result<Option<Node>> {
     Ok(conn
-        .prepare_cached("SELECT room_id, depth, stream_ordering FROM events WHERE event_id = ?1")?
+        .prepare_cached("SELECT room_id, depth, stream_ordering, outlier FROM events WHERE event_id = ?1")?
         .query_row([event_id], |r| {
             Ok(Node {
                 room_id: r.get(0)?,
                 depth: r.get(1)?,
                 stream: r.get(2)?,
+                servable: r.get::<_, i64>(3)? != crate::room::import::OUTLIER_INVITE,
             })
         })
         .optional()?)
@@ -97,4 +100,12 @@ pub fn server_members(conn: &Connection, room_id: &str, server: &str) -> Result<
     )?;
     let rows = stmt.query_map(params![room_id, server], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The lowest depth of the room's DAG as this node holds it (outliers aside): an event
+/// missing something deeper than this lacks history from before the node was in the room.
+pub fn horizon(conn: &Connection, room_id: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT MIN(depth) FROM events WHERE room_id = ?1 AND outlier = 0")?
+        .query_row([room_id], |r| r.get(0))?)
 }

@@ -67,10 +67,12 @@ pub fn membership_at(
 
 /// The state group holding the room's state just after stream position `pos` (the group
 /// of its newest accepted event at or below `pos`); `None` before the room existed.
+/// Outliers count: they carry the state a join through another node started from.
 pub fn state_group_at(conn: &Connection, room_id: &str, pos: i64) -> Result<Option<i64>> {
     Ok(conn
         .prepare_cached(
-            "SELECT state_group FROM events WHERE room_id = ?1 AND stream_ordering <= ?2 AND soft_failed = 0 \
+            "SELECT state_group FROM events WHERE room_id = ?1 AND stream_ordering <= ?2 \
+             AND (soft_failed = 0 OR outlier != 0) \
              ORDER BY stream_ordering DESC LIMIT 1",
         )?
         .query_row(params![room_id, pos], |r| r.get(0))

@@ -5,3 +5,4 @@ mod common;
 mod net;
 
 mod discovery;
+mod e2ee;

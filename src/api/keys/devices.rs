@@ -17,8 +17,8 @@ use crate::api::client;
 use crate::api::extract::{Auth, JsonBody};
 use crate::api::room_events::{parse_stream_token, query_map};
 use crate::services::AppState;
-use crate::storage::{WriteTx, accounts};
 use crate::storage::e2ee::{self as store, CrossSigning};
+use crate::storage::{WriteTx, accounts};
 use crate::{Error, Result};
 
 pub fn add(r: Router<AppState>) -> Router<AppState> {
@@ -172,7 +172,11 @@ pub struct KeysFound {
 /// Keys of the local users in `wanted` (user → device IDs, empty for all). `viewer` is the
 /// asking local user; `None` for a peer, which sees only the owners' own signatures and no
 /// user-signing keys (those are private to their owner).
-pub fn query_local(c: &Connection, wanted: &[(String, Vec<String>)], viewer: Option<&str>) -> Result<KeysFound> {
+pub fn query_local(
+    c: &Connection,
+    wanted: &[(String, Vec<String>)],
+    viewer: Option<&str>,
+) -> Result<KeysFound> {
     let mut out = KeysFound::default();
     for (user, devices) in wanted {
         if !accounts::user_exists(c, user)? {

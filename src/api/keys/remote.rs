@@ -37,7 +37,12 @@ pub fn timeout(ms: Option<u64>) -> Duration {
 
 /// Sends `req` to `server` and returns its `Body`; `Err` carries the reason for `failures`
 /// (unreachable, timed out, or the node's error).
-pub async fn ask(s: &AppState, server: &ServerName, req: Request, timeout: Duration) -> Result<Value, String> {
+pub async fn ask(
+    s: &AppState,
+    server: &ServerName,
+    req: Request,
+    timeout: Duration,
+) -> Result<Value, String> {
     match tokio::time::timeout(timeout, s.p2p.request(server, req)).await {
         Err(_) => Err("timed out".to_owned()),
         Ok(Err(e)) => Err(e.message),
@@ -69,7 +74,11 @@ async fn fan_out<T>(
         let req = make(&users);
         asks.push(async move {
             let answer = ask(s, &server, req, timeout).await;
-            AskedServer { server, users, answer }
+            AskedServer {
+                server,
+                users,
+                answer,
+            }
         });
     }
     (join_all(asks).await, failures)
@@ -185,9 +194,8 @@ async fn remember(s: &AppState, fresh: Vec<(String, bool, CachedKeys)>) {
         return;
     }
     let now = now_ms();
-    let stored = s
-        .db
-        .write(move |tx| {
+    let stored =
+        s.db.write(move |tx| {
             for (user, keys) in &complete {
                 cache::cache_user_keys(tx, user, keys, now)?;
             }
@@ -290,7 +298,10 @@ mod tests {
             self_signing: None,
         };
         let u = bob.clone();
-        a.s.db.write(move |tx| cache_user_keys(tx, &u, &cached, 0)).await.unwrap();
+        a.s.db
+            .write(move |tx| cache_user_keys(tx, &u, &cached, 0))
+            .await
+            .unwrap();
         let (found, failures) = query(&a.s, one(&origin, &bob, vec!["TWO".into()]), wait).await;
         assert!(failures.is_empty(), "{failures:?}");
         let devices = found.device_keys[&bob].as_object().unwrap();
@@ -300,7 +311,10 @@ mod tests {
         // Claims never come from a cache.
         let want = ByServer::from([(
             origin.clone(),
-            BTreeMap::from([(bob.clone(), BTreeMap::from([("TWO".to_owned(), "signed_curve25519".to_owned())]))]),
+            BTreeMap::from([(
+                bob.clone(),
+                BTreeMap::from([("TWO".to_owned(), "signed_curve25519".to_owned())]),
+            )]),
         )]);
         let (claimed, failures) = claim(&a.s, want, wait).await;
         assert!(claimed.is_empty());

@@ -85,12 +85,17 @@ async fn list(
 ) -> Result<Json<Value>> {
     match server {
         Some(srv) if srv != s.server_name().as_str() => {
-            peers::remote_directory(s, &srv, limit, since, &filter).await.map(Json)
+            peers::remote_directory(s, &srv, limit, since, &filter)
+                .await
+                .map(Json)
         }
-        Some(_) => local_directory(s, limit, since.as_deref(), filter).await.map(Json),
+        Some(_) => local_directory(s, limit, since.as_deref(), filter)
+            .await
+            .map(Json),
         None => {
             let offset = since.as_deref().map(parse_since).transpose()?.unwrap_or(0);
-            let (mine, theirs) = tokio::join!(matching_rooms(s, filter.clone()), peers::announced(s, &filter));
+            let (mine, theirs) =
+                tokio::join!(matching_rooms(s, filter.clone()), peers::announced(s, &filter));
             let mut rooms = mine?;
             for room in theirs {
                 if !rooms.iter().any(|r| r["room_id"] == room["room_id"]) {

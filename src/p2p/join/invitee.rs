@@ -17,9 +17,9 @@ use crate::room::import::{OUTLIER_INVITE, received_pdu, set_outlier};
 use crate::room::ingest::{checked_event_id, create_room_row, verify};
 use crate::room::{Origin, persist, record_local_membership, room_version, rules_for};
 use crate::storage::WriteTx;
+use crate::storage::accounts;
 use crate::storage::events::{get_pdu, stream_ordering_of};
 use crate::storage::state::{StateIds, store_group};
-use crate::storage::accounts;
 use crate::{Error, Result};
 
 /// Most events an invite's room state may hold (the spec's stripped state is six types
@@ -33,12 +33,12 @@ pub fn receive_invite(
     tx: &mut WriteTx<'_>,
     identity: &Identity,
     origin: &ServerName,
-    room_version: &str,
+    version: &str,
     mut event: WirePdu,
     invite_room_state: Vec<Value>,
 ) -> Result<WirePdu> {
     let version =
-        RoomVersionId::try_from(room_version).map_err(|_| Error::invalid_param("invalid room version"))?;
+        RoomVersionId::try_from(version).map_err(|_| Error::invalid_param("invalid room version"))?;
     let rules = rules_for(&version).map_err(|_| incompatible(&version))?;
     event.remove("event_id");
     event.remove("unsigned");
@@ -48,7 +48,9 @@ pub fn receive_invite(
     }
     let invite = Pdu::from_json(event_id, event.clone()).map_err(Error::invalid_param)?;
     if invite.sender.server_name() != origin {
-        return Err(Error::forbidden("the invite's sender does not belong to the requesting node"));
+        return Err(Error::forbidden(
+            "the invite's sender does not belong to the requesting node",
+        ));
     }
     let invitee = invite
         .state_key
@@ -87,7 +89,9 @@ pub fn receive_invite(
     let named = create.content_value();
     let named = named.get("room_version").and_then(Value::as_str).unwrap_or("1");
     if named != version.as_str() {
-        return Err(Error::invalid_param("the create event names another room version"));
+        return Err(Error::invalid_param(
+            "the create event names another room version",
+        ));
     }
 
     ruma::signatures::sign_event(
@@ -103,7 +107,9 @@ pub fn receive_invite(
     }
     create_room_row(tx, create, &version)?;
     if room_version(tx, room)? != version {
-        return Err(Error::invalid_param("the room is known here with another room version"));
+        return Err(Error::invalid_param(
+            "the room is known here with another room version",
+        ));
     }
     let invite = Pdu::from_json(invite.event_id, event.clone()).map_err(Error::internal)?;
     let mut state = StateIds::new();

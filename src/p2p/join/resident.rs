@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use axum::http::StatusCode;
 use ruma::canonical_json::{CanonicalJsonObject, CanonicalJsonValue};
-use ruma::{OwnedRoomId, RoomAliasId, RoomId, RoomVersionId, ServerName, UserId};
+use ruma::{OwnedEventId, OwnedRoomId, RoomAliasId, RoomId, RoomVersionId, ServerName, UserId};
 use rusqlite::Connection;
 use serde_json::{Map, Value};
 
@@ -56,7 +56,9 @@ fn resident_room(conn: &Connection, identity: &Identity, room: &str) -> Result<O
 fn origin_user<'a>(user_id: &'a str, origin: &ServerName) -> Result<&'a UserId> {
     let user = <&UserId>::try_from(user_id).map_err(|_| Error::invalid_param("invalid user ID"))?;
     if user.server_name() != origin {
-        return Err(Error::forbidden("the user does not belong to the requesting node"));
+        return Err(Error::forbidden(
+            "the user does not belong to the requesting node",
+        ));
     }
     Ok(user)
 }
@@ -94,6 +96,7 @@ pub fn make_join(
 #[derive(Debug)]
 pub struct JoinAnswered {
     pub room_id: OwnedRoomId,
+    pub event_id: OwnedEventId,
     pub event: WirePdu,
     pub state: Vec<WirePdu>,
     pub auth_chain: Vec<WirePdu>,
@@ -163,7 +166,9 @@ pub fn send_join(
     };
     let stored = get_event(tx, event_id.as_str())?.ok_or_else(|| Error::internal("join not stored"))?;
     if stored.soft_failed {
-        return Err(Error::forbidden("the join is not allowed by the room's current state"));
+        return Err(Error::forbidden(
+            "the join is not allowed by the room's current state",
+        ));
     }
     let before = resolve_after(tx, &rules, &stored.pdu.prev_events)?.state;
     let mut budget = MAX_RESPONSE_BYTES.saturating_sub(ANSWER_HEADROOM);
@@ -180,9 +185,7 @@ pub fn send_join(
         state.push(take(id)?);
     }
     let state_ids: HashSet<&str> = before.values().map(String::as_str).collect();
-    let starts = state_ids
-        .iter()
-        .filter_map(|id| ruma::OwnedEventId::try_from(*id).ok());
+    let starts = state_ids.iter().filter_map(|id| OwnedEventId::try_from(*id).ok());
     let mut chain = Vec::new();
     // Events in the state are sent once; the joining node takes the union.
     for id in auth_chain(tx, starts) {
@@ -192,6 +195,7 @@ pub fn send_join(
     }
     Ok(JoinAnswered {
         room_id,
+        event_id,
         event: stored.pdu.json,
         state,
         auth_chain: chain,

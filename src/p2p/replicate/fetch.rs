@@ -4,8 +4,9 @@
 //! Each round ingests everything pending in one write transaction, in dependency order,
 //! then asks a server for what is still missing: `get_missing` (a page of up to
 //! [`PAGE`] events walking prev_events back to our forward extremities) and `get_events`
-//! for auth events off that walk. A gap longer than [`MAX_WALK`] events is jumped with
-//! the state at its edge ([`super::jump`]).
+//! for auth events off that walk. A gap longer than [`MAX_WALK`] events, or reaching back
+//! past the oldest event this node holds (history from before it joined), is jumped with
+//! the state at its edge ([`super::jump`]) instead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -13,6 +14,7 @@ use ruma::canonical_json::CanonicalJsonValue;
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::{OwnedEventId, OwnedServerName, ServerName, UserId};
 
+use crate::Result;
 use crate::p2p::Counters;
 use crate::p2p::wire::{MAX_EVENT_IDS, MAX_EVENTS_PER_RESPONSE, Request, Response, WirePdu};
 use crate::pdu::event_id_of;
@@ -20,9 +22,8 @@ use crate::room::ingest::{Outcome, ingest};
 use crate::room::{room_version, rules_for};
 use crate::services::AppState;
 use crate::storage::events::forward_extremities;
-use crate::storage::replication::held;
+use crate::storage::replication::{held, horizon};
 use crate::storage::rooms::members_with;
-use crate::Result;
 
 /// Events asked for per `get_missing`.
 pub const PAGE: u32 = MAX_EVENTS_PER_RESPONSE as u32;
@@ -30,6 +31,8 @@ pub const PAGE: u32 = MAX_EVENTS_PER_RESPONSE as u32;
 pub const MAX_WALK: usize = 10 * PAGE as usize;
 /// Fetch rounds per repair: each must bring new events, so this only bounds pathologies.
 const MAX_ROUNDS: usize = 64;
+/// Jumps per repair: one per side of a fork is plenty.
+const MAX_JUMP_ROUNDS: usize = 2;
 
 /// What became of an event a repair was asked to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +103,11 @@ fn depth(pdu: &WirePdu) -> i64 {
 /// set (Kahn's algorithm, lowest depth first among the ready). Events on a cycle, which
 /// only a forger produces, go last.
 pub fn dependency_order(items: Vec<(String, WirePdu)>) -> Vec<(String, WirePdu)> {
-    let index: HashMap<String, usize> = items.iter().enumerate().map(|(i, (id, _))| (id.clone(), i)).collect();
+    let index: HashMap<String, usize> = items
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| (id.clone(), i))
+        .collect();
     let mut waiting_on = vec![0usize; items.len()];
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); items.len()];
     for (i, (_, pdu)) in items.iter().enumerate() {
@@ -143,13 +150,15 @@ pub fn dependency_order(items: Vec<(String, WirePdu)>) -> Vec<(String, WirePdu)>
 /// Ingests a batch in one write transaction, in dependency order. Should the transaction
 /// fail (an internal error on some event), each event is retried in its own, so one bad
 /// event cannot block the rest.
-async fn ingest_batch(s: &AppState, batch: Vec<(String, WirePdu)>) -> Result<Vec<(String, WirePdu, Outcome)>> {
+async fn ingest_batch(
+    s: &AppState,
+    batch: Vec<(String, WirePdu)>,
+) -> Result<Vec<(String, WirePdu, Outcome)>> {
     let batch = dependency_order(batch);
     let id = s.identity.clone();
     let all = batch.clone();
-    let whole = s
-        .db
-        .write(move |tx| {
+    let whole =
+        s.db.write(move |tx| {
             let mut out = Vec::with_capacity(all.len());
             for (event_id, pdu) in all {
                 let o = ingest(tx, &id, pdu.clone())?;
@@ -188,11 +197,15 @@ pub async fn ingest_with_repair(
     wanted: Vec<(String, WirePdu)>,
     servers: &[OwnedServerName],
 ) -> Result<HashMap<String, Fate>> {
-    let mut fates: HashMap<String, Fate> = wanted.iter().map(|(id, _)| (id.clone(), Fate::Unresolved)).collect();
+    let mut fates: HashMap<String, Fate> = wanted
+        .iter()
+        .map(|(id, _)| (id.clone(), Fate::Unresolved))
+        .collect();
     let mut seen: HashSet<String> = fates.keys().cloned().collect();
     let mut pending: HashMap<String, WirePdu> = wanted.into_iter().collect();
-    let mut walked = 0usize;
-    let mut jumped = false;
+    let room = room_id.to_owned();
+    let horizon = s.db.read(move |c| horizon(c, &room)).await?.unwrap_or(0);
+    let (mut walked, mut jumps) = (0usize, 0usize);
     for _ in 0..MAX_ROUNDS {
         let outcomes = ingest_batch(s, pending.drain().collect()).await?;
         let mut lacking: HashMap<String, Vec<String>> = HashMap::new();
@@ -231,11 +244,20 @@ pub async fn ingest_with_repair(
             .filter(|(_, l)| l.iter().any(|id| needed.contains(id)))
             .map(|(id, _)| id.clone())
             .collect();
-        if walked >= MAX_WALK {
-            if !jumped && super::jump::jump(s, room_id, rules, &frontier, servers).await {
-                jumped = true;
+        // Edge events lacking history from before this node's horizon, or any after a
+        // long walk, are jumped: walking there would replay old history as new.
+        let edge: Vec<(String, WirePdu)> = frontier
+            .iter()
+            .filter_map(|id| Some((id.clone(), pending.get(id)?.clone())))
+            .filter(|(_, p)| walked >= MAX_WALK || depth(p) <= horizon)
+            .collect();
+        if !edge.is_empty() && jumps < MAX_JUMP_ROUNDS {
+            jumps += 1;
+            if super::jump::jump(s, room_id, rules, &edge, servers).await {
                 continue;
             }
+        }
+        if walked >= MAX_WALK {
             break;
         }
         let got = fetch_round(s, room_id, rules, &frontier, &needed, servers).await;
@@ -247,7 +269,11 @@ pub async fn ingest_with_repair(
             }
         }
         if new == 0 {
-            tracing::info!(room_id, missing = needed.len(), "no peer could supply the missing events");
+            tracing::info!(
+                room_id,
+                missing = needed.len(),
+                "no peer could supply the missing events"
+            );
             break;
         }
         walked += new;
@@ -265,11 +291,10 @@ async fn fetch_round(
     servers: &[OwnedServerName],
 ) -> Vec<(String, WirePdu)> {
     let room = room_id.to_owned();
-    let mut earliest = s
-        .db
-        .read(move |c| forward_extremities(c, &room))
-        .await
-        .unwrap_or_default();
+    let mut earliest =
+        s.db.read(move |c| forward_extremities(c, &room))
+            .await
+            .unwrap_or_default();
     earliest.truncate(MAX_EVENT_IDS);
     let latest: Vec<String> = frontier.iter().take(MAX_EVENT_IDS).cloned().collect();
     for server in servers {
@@ -362,4 +387,3 @@ pub(super) fn forbidden(s: &AppState) -> Response {
     Counters::bump(&s.p2p.counters.refused_requests);
     Response::error("M_FORBIDDEN", "this server has no member in that room")
 }
-

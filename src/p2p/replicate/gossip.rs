@@ -30,7 +30,11 @@ const MAX_THREAD_ID: usize = 255;
 /// What a gossip frame is, before any lookup.
 #[derive(Debug, PartialEq)]
 pub enum Frame {
-    Pdu { claimed_id: String, room_id: String, pdu: WirePdu },
+    Pdu {
+        claimed_id: String,
+        room_id: String,
+        pdu: WirePdu,
+    },
     Edu(Edu),
     /// A create event: it starts a room, so no node can already be in it to care.
     Create,
@@ -88,9 +92,8 @@ async fn on_pdu(
     pdu: WirePdu,
 ) -> bool {
     let (room, id) = (room_id.clone(), claimed_id.clone());
-    let known = s
-        .db
-        .read(move |c| {
+    let known =
+        s.db.read(move |c| {
             if !has_local_member(c, &room)? {
                 return Ok(None);
             }
@@ -109,7 +112,11 @@ async fn on_pdu(
     };
     let Some(event) = keyed(&rules, &room_id, pdu).filter(|(id, _)| *id == claimed_id) else {
         Counters::bump(&s.p2p.counters.rejected_events);
-        tracing::warn!(claimed_id, ?source, "gossiped event's ID does not match its content");
+        tracing::warn!(
+            claimed_id,
+            ?source,
+            "gossiped event's ID does not match its content"
+        );
         return false;
     };
     let servers = candidates(s, &room_id, source).await.unwrap_or_default();
@@ -140,9 +147,10 @@ async fn on_edu(s: &AppState, origin: OwnedServerName, edu: Edu) -> bool {
             (room_id.clone(), user_id.clone())
         }
     };
-    let member = s
-        .db
-        .read(move |c| Ok(has_local_member(c, &room)? && membership(c, &room, &user)?.as_deref() == Some("join")))
+    let member =
+        s.db.read(move |c| {
+            Ok(has_local_member(c, &room)? && membership(c, &room, &user)?.as_deref() == Some("join"))
+        })
         .await;
     if !matches!(member, Ok(true)) {
         return false;
@@ -166,7 +174,9 @@ async fn on_edu(s: &AppState, origin: OwnedServerName, edu: Edu) -> bool {
             ts,
         } => {
             // Private receipts never leave their node; anything else here is forged.
-            let thread_ok = thread_id.as_ref().is_none_or(|t| !t.is_empty() && t.len() <= MAX_THREAD_ID);
+            let thread_ok = thread_id
+                .as_ref()
+                .is_none_or(|t| !t.is_empty() && t.len() <= MAX_THREAD_ID);
             if receipt_type != "m.read" || EventId::parse(&event_id).is_err() || !thread_ok {
                 return false;
             }

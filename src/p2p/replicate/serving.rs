@@ -10,7 +10,9 @@ use rusqlite::Connection;
 
 use super::view::ServerView;
 use crate::p2p::Counters;
-use crate::p2p::wire::{MAX_EVENT_IDS, MAX_EVENTS_PER_RESPONSE, MAX_RESPONSE_BYTES, Request, Response, WirePdu};
+use crate::p2p::wire::{
+    MAX_EVENT_IDS, MAX_EVENTS_PER_RESPONSE, MAX_RESPONSE_BYTES, Request, Response, WirePdu,
+};
 use crate::room::resolve::{auth_chain, resolve_after};
 use crate::room::{room_version, rules_for};
 use crate::services::AppState;
@@ -39,9 +41,8 @@ pub(super) type Answer = std::result::Result<Response, Refusal>;
 /// Answers the four repair requests from `origin`; any other request is not ours.
 pub async fn serve(s: &AppState, origin: &ServerName, req: Request) -> Response {
     let origin = origin.to_owned();
-    let res = s
-        .db
-        .read(move |conn| {
+    let res =
+        s.db.read(move |conn| {
             Ok(match req {
                 Request::GetEvents { event_ids } => events(conn, &origin, &event_ids),
                 Request::GetMissing {
@@ -125,7 +126,13 @@ fn wire_forms<'e>(
 /// `/meshserver/events/1`: the events of `event_ids` this node holds.
 pub(super) fn events(conn: &Connection, origin: &ServerName, event_ids: &[String]) -> Answer {
     bounded(event_ids, "event IDs")?;
-    let evs = get_events(conn, event_ids)?;
+    let mut evs = get_events(conn, event_ids)?;
+    let mut servable = Vec::with_capacity(evs.len());
+    for ev in &evs {
+        servable.push(dag_node(conn, ev.pdu.event_id.as_str())?.is_some_and(|n| n.servable));
+    }
+    let mut keep = servable.into_iter();
+    evs.retain(|_| keep.next().unwrap_or(false));
     let mut rooms: HashMap<String, RoomRead<'_>> = HashMap::new();
     let mut pdus = Vec::with_capacity(evs.len());
     let mut size = 0usize;
@@ -164,6 +171,7 @@ pub(super) fn walk(
         if seen.insert(id.clone())
             && let Some(n) = dag_node(conn, &id)?
             && n.room_id == room_id
+            && n.servable
         {
             heap.push((n.depth, n.stream, id));
         }
@@ -220,7 +228,13 @@ pub(super) fn missing(
 }
 
 /// `/meshserver/backfill/1`: up to `limit` events from `from` backwards, newest first.
-pub(super) fn backfill(conn: &Connection, origin: &ServerName, room_id: &str, from: &[String], limit: u32) -> Answer {
+pub(super) fn backfill(
+    conn: &Connection,
+    origin: &ServerName,
+    room_id: &str,
+    from: &[String],
+    limit: u32,
+) -> Answer {
     bounded(from, "starting events")?;
     let mut read = RoomRead::open(conn, room_id, origin)?;
     let ids = walk(conn, room_id, from, true, &HashSet::new(), page_limit(limit))?;
@@ -230,7 +244,13 @@ pub(super) fn backfill(conn: &Connection, origin: &ServerName, room_id: &str, fr
 }
 
 /// `/meshserver/state/1`: the state before `event_id` and its auth chain, whole or as IDs.
-pub(super) fn state(conn: &Connection, origin: &ServerName, room_id: &str, event_id: &str, ids_only: bool) -> Answer {
+pub(super) fn state(
+    conn: &Connection,
+    origin: &ServerName,
+    room_id: &str,
+    event_id: &str,
+    ids_only: bool,
+) -> Answer {
     let mut read = RoomRead::open(conn, room_id, origin)?;
     let ev = match get_event(conn, event_id)? {
         Some(ev) if ev.pdu.room.as_str() == room_id => ev,

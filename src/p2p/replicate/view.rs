@@ -90,7 +90,9 @@ impl<'c> ServerView<'c> {
         }
         if users.is_empty() {
             let world = match current_state_id(conn, room_id, HISTORY_VISIBILITY, "")? {
-                Some(id) => content_str(conn, &id, "history_visibility")?.as_deref() == Some("world_readable"),
+                Some(id) => {
+                    content_str(conn, &id, "history_visibility")?.as_deref() == Some("world_readable")
+                }
                 None => false,
             };
             if !world {

@@ -21,9 +21,8 @@ pub async fn serve_user_devices(s: &AppState, user_id: &str) -> Response {
 
 async fn user_devices(s: &AppState, user_id: &str) -> Result<Response> {
     let user = local_user(s, user_id)?.to_string();
-    let body = s
-        .db
-        .read(move |c| {
+    let body =
+        s.db.read(move |c| {
             let stream_id = cache::device_list_stream(c, &user)?;
             let mut found = query_local(c, &[(user.clone(), Vec::new())], None)?;
             let mut devices = Vec::new();
@@ -85,9 +84,13 @@ async fn update(s: &AppState, origin: &ruma::ServerName, content: Value) -> Resu
     let device = u.device_id;
     if device.is_empty()
         || device.len() > MAX_FIELD_BYTES
-        || u.device_display_name.as_ref().is_some_and(|n| n.len() > MAX_FIELD_BYTES)
+        || u.device_display_name
+            .as_ref()
+            .is_some_and(|n| n.len() > MAX_FIELD_BYTES)
     {
-        return Err(Error::invalid_param("device_id or device_display_name out of bounds"));
+        return Err(Error::invalid_param(
+            "device_id or device_display_name out of bounds",
+        ));
     }
     let keys = match u.keys {
         Some(mut keys) if !u.deleted => {
@@ -153,7 +156,9 @@ mod tests {
         let alice = a.add_user("alice").await;
         a.add_device(&alice, "PHONE", &[]).await;
         a.set_master_key(&alice).await;
-        let req = Request::UserDevices { user_id: alice.clone() };
+        let req = Request::UserDevices {
+            user_id: alice.clone(),
+        };
         let Response::Body(b) = handle(&a.s, &other_server(), req).await else {
             panic!("no body")
         };
@@ -168,7 +173,10 @@ mod tests {
         let foreign = Request::UserDevices {
             user_id: format!("@x:{}", other_server()),
         };
-        assert!(matches!(handle(&a.s, &other_server(), foreign).await, Response::Error { .. }));
+        assert!(matches!(
+            handle(&a.s, &other_server(), foreign).await,
+            Response::Error { .. }
+        ));
     }
 
     #[tokio::test]
@@ -183,21 +191,39 @@ mod tests {
         let b_name = b.s.server_name().to_owned();
 
         let before = a.stream();
-        let res = handle(&a.s, &b_name, update(json!({"user_id": bob, "device_id": "NEW", "stream_id": 1}))).await;
+        let res = handle(
+            &a.s,
+            &b_name,
+            update(json!({"user_id": bob, "device_id": "NEW", "stream_id": 1})),
+        )
+        .await;
         assert_eq!(res, Response::Ok {});
         assert_eq!(changed_for(&a, &alice, before).await, [bob.clone()]);
 
         // A user of B whom no local user shares a room with: nothing to record.
         let before = a.stream();
         let carol = format!("@carol:{b_name}");
-        let res = handle(&a.s, &b_name, update(json!({"user_id": carol, "device_id": "X", "stream_id": 1}))).await;
+        let res = handle(
+            &a.s,
+            &b_name,
+            update(json!({"user_id": carol, "device_id": "X", "stream_id": 1})),
+        )
+        .await;
         assert_eq!(res, Response::Ok {});
         assert_eq!(a.stream(), before);
 
         // B cannot speak for a user of another node.
         let mallory = format!("@mallory:{}", server(9));
-        let res = handle(&a.s, &b_name, update(json!({"user_id": mallory, "device_id": "X", "stream_id": 1}))).await;
-        assert!(matches!(res, Response::Error { ref errcode, .. } if errcode == "M_FORBIDDEN"), "{res:?}");
+        let res = handle(
+            &a.s,
+            &b_name,
+            update(json!({"user_id": mallory, "device_id": "X", "stream_id": 1})),
+        )
+        .await;
+        assert!(
+            matches!(res, Response::Error { ref errcode, .. } if errcode == "M_FORBIDDEN"),
+            "{res:?}"
+        );
         assert_eq!(a.refused(), 1);
         assert_eq!(a.stream(), before);
     }
@@ -214,7 +240,10 @@ mod tests {
             self_signing: None,
         };
         let (u, s0) = (bob.clone(), start.clone());
-        a.s.db.write(move |tx| cache_user_keys(tx, &u, &s0, 0)).await.unwrap();
+        a.s.db
+            .write(move |tx| cache_user_keys(tx, &u, &s0, 0))
+            .await
+            .unwrap();
         assert_eq!(cached(&a, &bob).await, Some(start));
 
         let new_keys = keys("TWO", "2b");
@@ -236,12 +265,22 @@ mod tests {
 
         // Keys that name another device are refused, and change nothing.
         let wrong = keys("OTHER", "x");
-        let res = handle(&a.s, &origin, update(json!({"user_id": bob, "device_id": "TWO", "stream_id": 4, "keys": wrong}))).await;
+        let res = handle(
+            &a.s,
+            &origin,
+            update(json!({"user_id": bob, "device_id": "TWO", "stream_id": 4, "keys": wrong})),
+        )
+        .await;
         assert!(matches!(res, Response::Error { .. }));
         assert_eq!(cached(&a, &bob).await, Some(now));
 
         // A change without keys: the cache can no longer be trusted.
-        handle(&a.s, &origin, update(json!({"user_id": bob, "device_id": "THREE", "stream_id": 5}))).await;
+        handle(
+            &a.s,
+            &origin,
+            update(json!({"user_id": bob, "device_id": "THREE", "stream_id": 5})),
+        )
+        .await;
         assert_eq!(cached(&a, &bob).await, None);
     }
 }

@@ -12,11 +12,21 @@ pub const MAX_PAGE: u32 = 100;
 const MAX_SEARCH_TERM_BYTES: usize = 256;
 
 /// `/meshserver/directory/1` `public_rooms`: a page of at most [`MAX_PAGE`] rooms.
-pub async fn serve(s: &AppState, limit: Option<u32>, since: Option<String>, search: Option<String>) -> Response {
+pub async fn serve(
+    s: &AppState,
+    limit: Option<u32>,
+    since: Option<String>,
+    search: Option<String>,
+) -> Response {
     super::guard::answer(page(s, limit, since, search).await)
 }
 
-async fn page(s: &AppState, limit: Option<u32>, since: Option<String>, search: Option<String>) -> Result<Response> {
+async fn page(
+    s: &AppState,
+    limit: Option<u32>,
+    since: Option<String>,
+    search: Option<String>,
+) -> Result<Response> {
     if search.as_ref().is_some_and(|t| t.len() > MAX_SEARCH_TERM_BYTES) {
         return Err(crate::Error::invalid_param("search term too long"));
     }
@@ -54,8 +64,11 @@ mod tests {
         let a = node();
         let alice = a.add_user("alice").await;
         for i in 0..3 {
-            a.create_room(&alice, json!({"visibility": "public", "name": format!("room {i}")}))
-                .await;
+            a.create_room(
+                &alice,
+                json!({"visibility": "public", "name": format!("room {i}")}),
+            )
+            .await;
         }
         a.create_room(&alice, json!({"name": "hidden"})).await;
         let origin = other_server();

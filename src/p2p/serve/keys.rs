@@ -41,7 +41,10 @@ async fn query(s: &AppState, device_keys: BTreeMap<String, Vec<String>>) -> Resu
 
 /// `/meshserver/keys/1` `keys_claim`: one key per named device, a one-time key while any
 /// is left and the fallback key after that.
-pub async fn serve_claim(s: &AppState, one_time_keys: BTreeMap<String, BTreeMap<String, String>>) -> Response {
+pub async fn serve_claim(
+    s: &AppState,
+    one_time_keys: BTreeMap<String, BTreeMap<String, String>>,
+) -> Response {
     answer(claim(s, one_time_keys).await)
 }
 
@@ -109,7 +112,10 @@ mod tests {
             device_keys: BTreeMap::from([(format!("@x:{origin}"), vec![])]),
         };
         let res = handle(&a.s, &origin, foreign).await;
-        assert!(matches!(res, Response::Error { ref errcode, .. } if errcode == "M_FORBIDDEN"), "{res:?}");
+        assert!(
+            matches!(res, Response::Error { ref errcode, .. } if errcode == "M_FORBIDDEN"),
+            "{res:?}"
+        );
         assert_eq!(a.refused(), 1);
     }
 

@@ -60,10 +60,16 @@ mod tests {
         assert_eq!(res, Response::Body(json!({})));
 
         let res = handle(&a.s, &origin, ask(&a.user("nobody"), None)).await;
-        assert!(matches!(res, Response::Error { ref errcode, .. } if errcode == "M_NOT_FOUND"), "{res:?}");
+        assert!(
+            matches!(res, Response::Error { ref errcode, .. } if errcode == "M_NOT_FOUND"),
+            "{res:?}"
+        );
         let elsewhere = format!("@alice:{origin}");
         let res = handle(&a.s, &origin, ask(&elsewhere, None)).await;
-        assert!(matches!(res, Response::Error { ref errcode, .. } if errcode == "M_FORBIDDEN"), "{res:?}");
+        assert!(
+            matches!(res, Response::Error { ref errcode, .. } if errcode == "M_FORBIDDEN"),
+            "{res:?}"
+        );
         assert_eq!(a.refused(), 1);
     }
 }

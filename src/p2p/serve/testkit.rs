@@ -48,7 +48,9 @@ impl TestNode {
 
     pub async fn add_user(&self, name: &str) -> String {
         let uid = ruma::UserId::parse(self.user(name)).unwrap();
-        crate::api::account::create_user(&self.s, &uid, None).await.unwrap();
+        crate::api::account::create_user(&self.s, &uid, None)
+            .await
+            .unwrap();
         uid.to_string()
     }
 

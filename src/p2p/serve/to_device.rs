@@ -40,12 +40,17 @@ async fn deliver(s: &AppState, origin: &ruma::ServerName, content: Value) -> Res
     let m: DirectToDevice =
         serde_json::from_value(content).map_err(|e| Error::bad_json(format!("to-device message: {e}")))?;
     let sender = origin_user(s, origin, &m.sender)?.to_string();
-    if m.message_id.is_empty() || m.message_id.len() > MAX_ID_BYTES || m.kind.is_empty() || m.kind.len() > MAX_ID_BYTES
+    if m.message_id.is_empty()
+        || m.message_id.len() > MAX_ID_BYTES
+        || m.kind.is_empty()
+        || m.kind.len() > MAX_ID_BYTES
     {
         return Err(Error::invalid_param("message_id or type out of bounds"));
     }
     if m.messages.values().map(BTreeMap::len).sum::<usize>() > MAX_MESSAGES {
-        return Err(Error::too_large(format!("at most {MAX_MESSAGES} messages per delivery")));
+        return Err(Error::too_large(format!(
+            "at most {MAX_MESSAGES} messages per delivery"
+        )));
     }
     let mut recipients = Vec::with_capacity(m.messages.len());
     for (user, devices) in m.messages {
@@ -61,9 +66,18 @@ async fn deliver(s: &AppState, origin: &ruma::ServerName, content: Value) -> Res
             for (device, content) in targets(tx, &user, devices)? {
                 queued += 1;
                 if queued > MAX_MESSAGES {
-                    return Err(Error::too_large(format!("at most {MAX_MESSAGES} messages per delivery")));
+                    return Err(Error::too_large(format!(
+                        "at most {MAX_MESSAGES} messages per delivery"
+                    )));
                 }
-                put_to_device(tx, &user, &device, &sender, &kind, &Value::Object(content).to_string())?;
+                put_to_device(
+                    tx,
+                    &user,
+                    &device,
+                    &sender,
+                    &kind,
+                    &Value::Object(content).to_string(),
+                )?;
             }
         }
         Ok(())
@@ -96,14 +110,20 @@ mod tests {
         let bob = format!("@bob:{origin}");
         let to_all = json!({&alice: {"*": {"n": 1}}});
         for _ in 0..3 {
-            assert_eq!(handle(&a.s, &origin, msg(&bob, "m1", to_all.clone())).await, Response::Ok {});
+            assert_eq!(
+                handle(&a.s, &origin, msg(&bob, "m1", to_all.clone())).await,
+                Response::Ok {}
+            );
         }
         for device in ["PHONE", "LAPTOP"] {
             let inbox = a.inbox(&alice, device).await;
             assert_eq!(inbox.len(), 1, "{device}");
             assert_eq!(inbox[0].sender, bob);
             assert_eq!(inbox[0].kind, "m.room_key");
-            assert_eq!(serde_json::from_str::<Value>(&inbox[0].content).unwrap(), json!({"n": 1}));
+            assert_eq!(
+                serde_json::from_str::<Value>(&inbox[0].content).unwrap(),
+                json!({"n": 1})
+            );
         }
         // A new message ID is a new message; the same ID from another node is too.
         let to_phone = json!({&alice: {"PHONE": {"n": 2}}});
@@ -122,11 +142,22 @@ mod tests {
         let origin = other_server();
         let forged = format!("@bob:{}", server(9));
         let res = handle(&a.s, &origin, msg(&forged, "m1", json!({&alice: {"*": {}}}))).await;
-        assert!(matches!(res, Response::Error { ref errcode, .. } if errcode == "M_FORBIDDEN"), "{res:?}");
+        assert!(
+            matches!(res, Response::Error { ref errcode, .. } if errcode == "M_FORBIDDEN"),
+            "{res:?}"
+        );
         let foreign = format!("@dave:{}", server(9));
         let bob = format!("@bob:{origin}");
-        let res = handle(&a.s, &origin, msg(&bob, "m2", json!({&alice: {"*": {}}, &foreign: {"*": {}}}))).await;
-        assert!(matches!(res, Response::Error { ref errcode, .. } if errcode == "M_FORBIDDEN"), "{res:?}");
+        let res = handle(
+            &a.s,
+            &origin,
+            msg(&bob, "m2", json!({&alice: {"*": {}}, &foreign: {"*": {}}})),
+        )
+        .await;
+        assert!(
+            matches!(res, Response::Error { ref errcode, .. } if errcode == "M_FORBIDDEN"),
+            "{res:?}"
+        );
         assert_eq!(a.refused(), 2);
         assert!(a.inbox(&alice, "PHONE").await.is_empty());
         // A refused message was not remembered as delivered: a corrected retry gets through.

@@ -27,7 +27,9 @@ const BOB_SEED: [u8; 32] = [2; 32];
 const TS: u64 = 1_700_000_000_000;
 
 fn vector_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto/vectors").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("proto/vectors")
+        .join(name)
 }
 
 /// Asserts `actual` equals the vector file byte for byte (or writes it, see the module doc).
@@ -166,7 +168,10 @@ fn identity_vector() {
     // The protobuf key is `08 01 12 20` + the 32-byte key; the PeerId is its identity
     // multihash `00 24` + those 36 bytes.
     let key_hex = id.server_name().as_str();
-    assert_eq!(doc["libp2p_public_key_protobuf_hex"], format!("08011220{key_hex}"));
+    assert_eq!(
+        doc["libp2p_public_key_protobuf_hex"],
+        format!("08011220{key_hex}")
+    );
     assert_eq!(doc["peer_id_bytes_hex"], format!("002408011220{key_hex}"));
 }
 
@@ -192,7 +197,10 @@ async fn example_room_is_accepted_by_another_node() {
         let id = bob();
         let outcome = db.write(move |tx| ingest(tx, &id, pdu)).await.unwrap();
         match outcome {
-            Outcome::Stored { event_id, soft_failed } => {
+            Outcome::Stored {
+                event_id,
+                soft_failed,
+            } => {
                 assert_eq!(event_id.as_str(), ev["event_id"]);
                 assert!(!soft_failed);
             }
@@ -238,7 +246,10 @@ fn request_and_response_frames() {
             Request::MakeJoin {
                 room_id: room.room_id.clone(),
                 user_id: user(&bob(), "bob"),
-                supported_versions: crate::room::SUPPORTED_VERSIONS.iter().map(|v| v.to_string()).collect(),
+                supported_versions: crate::room::SUPPORTED_VERSIONS
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect(),
             },
         ),
     ];

@@ -60,8 +60,8 @@ pub async fn remote_directory(
     since: Option<String>,
     filter: &Filter,
 ) -> Result<Value> {
-    let server =
-        ServerName::parse(server).map_err(|_| Error::invalid_param(format!("invalid server name {server:?}")))?;
+    let server = ServerName::parse(server)
+        .map_err(|_| Error::invalid_param(format!("invalid server name {server:?}")))?;
     let answer = ask(s, &server, request(limit, since, filter), REMOTE_WAIT)
         .await
         .map_err(|why| {

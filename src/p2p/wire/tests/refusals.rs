@@ -43,7 +43,9 @@ async fn a_request_on_another_protocol_is_refused() {
     assert!(is_invalid_data(decode_request(Protocol::Events, &frame)));
     assert_eq!(decode_request(Protocol::Heads, &frame).unwrap(), heads());
     // The same through the codec, as a peer's stream delivers it.
-    assert!(is_invalid_data(read_request(Protocol::Events, frame.clone()).await));
+    assert!(is_invalid_data(
+        read_request(Protocol::Events, frame.clone()).await
+    ));
     assert_eq!(read_request(Protocol::Heads, frame).await.unwrap(), heads());
     // An unknown protocol ID names no request at all.
     let unknown = StreamProtocol::new("/meshserver/heads/2");
@@ -85,7 +87,9 @@ async fn an_oversize_request_frame_is_refused() {
     let cap = MAX_REQUEST_BYTES as usize;
     let at_cap = read_request(Protocol::Events, padded_request(cap)).await.unwrap();
     assert_eq!(at_cap, Request::GetEvents { event_ids: vec![] });
-    let err = read_request(Protocol::Events, padded_request(cap + 1)).await.unwrap_err();
+    let err = read_request(Protocol::Events, padded_request(cap + 1))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     assert!(err.to_string().contains("limit"), "{err}");
     // A sender refuses to write one.
@@ -107,12 +111,22 @@ async fn response_caps_are_per_protocol() {
         frame
     };
     let small = MAX_SMALL_RESPONSE_BYTES as usize;
-    assert_eq!(read_response(Protocol::Profile, body(small)).await.unwrap(), Response::Ok {});
-    assert!(is_invalid_data(read_response(Protocol::Profile, body(small + 1)).await));
+    assert_eq!(
+        read_response(Protocol::Profile, body(small)).await.unwrap(),
+        Response::Ok {}
+    );
+    assert!(is_invalid_data(
+        read_response(Protocol::Profile, body(small + 1)).await
+    ));
     // The event protocols allow far larger frames.
-    assert_eq!(read_response(Protocol::Events, body(small + 1)).await.unwrap(), Response::Ok {});
+    assert_eq!(
+        read_response(Protocol::Events, body(small + 1)).await.unwrap(),
+        Response::Ok {}
+    );
     let big = MAX_RESPONSE_BYTES as usize;
-    assert!(is_invalid_data(read_response(Protocol::State, body(big + 1)).await));
+    assert!(is_invalid_data(
+        read_response(Protocol::State, body(big + 1)).await
+    ));
 
     // A responder whose answer is over the cap sends M_TOO_LARGE instead.
     let oversize = Response::Body(serde_json::json!({ "displayname": "x".repeat(small) }));
@@ -122,7 +136,10 @@ async fn response_caps_are_per_protocol() {
         .await
         .unwrap();
     let sent: Response = serde_json::from_slice(&out.into_inner()).unwrap();
-    assert!(matches!(sent, Response::Error { ref errcode, .. } if errcode == "M_TOO_LARGE"), "{sent:?}");
+    assert!(
+        matches!(sent, Response::Error { ref errcode, .. } if errcode == "M_TOO_LARGE"),
+        "{sent:?}"
+    );
 }
 
 #[test]
@@ -134,11 +151,11 @@ fn malformed_gossip_frames_are_refused() {
     assert!(decode_gossip(&frame(event_id.as_bytes())).is_some());
 
     let bad_id_lines: [&[u8]; 5] = [
-        b"",                                 // empty ID line
+        b"",                                         // empty ID line
         event_id.trim_start_matches('$').as_bytes(), // no sigil
-        b"$\xff\xfe",                        // not UTF-8
-        b"edu",                              // the EDU prefix is not an event ID
-        &[b"$".as_slice(), &[b'a'; 255]].concat(), // 256 bytes: over the event ID limit
+        b"$\xff\xfe",                                // not UTF-8
+        b"edu",                                      // the EDU prefix is not an event ID
+        &[b"$".as_slice(), &[b'a'; 255]].concat(),   // 256 bytes: over the event ID limit
     ];
     for id in bad_id_lines {
         let f = frame(id);
@@ -167,7 +184,10 @@ fn malformed_gossip_frames_are_refused() {
 
 #[test]
 fn malformed_edu_frames_are_refused() {
-    assert_eq!(decode_edu(b"edu\n{\"edu_type\":\"m.presence\",\"content\":{}}"), None);
+    assert_eq!(
+        decode_edu(b"edu\n{\"edu_type\":\"m.presence\",\"content\":{}}"),
+        None
+    );
     assert_eq!(decode_edu(b"edu\nnot json"), None);
     assert_eq!(decode_edu(b"EDU\n{}"), None);
     let mut big = b"edu\n".to_vec();
