@@ -5,13 +5,14 @@
 //! Under `cargo test --all-targets` (no `--bench` flag) it runs a smoke pass with tiny counts
 //! against the debug binary, so the benchmark code itself stays tested.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
-use serde_json::{Value, json};
+use anyhow::ensure;
+use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_meshserver");
+use support::{Client, NodeProcess, Row, enc, median, ms, next_batch, percentile, print_table, timeline_has};
 
 /// How much work each measurement does: full figures under `cargo bench`, a smoke pass otherwise.
 struct Plan {
@@ -44,208 +45,13 @@ const SMOKE: Plan = Plan {
     idle: Duration::from_millis(200),
 };
 
-/// The node under test, killed on drop.
-struct NodeProcess {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl NodeProcess {
-    async fn start(http: &reqwest::Client) -> anyhow::Result<NodeProcess> {
-        let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        // Default settings, as `meshserver run` ships; the request log goes nowhere.
-        let child = Command::new(BIN)
-            .args([
-                "run",
-                "--client-listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(dir.path())
-            .env_remove("MESHSERVER_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {BIN}"))?;
-        let mut node = NodeProcess {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = node.child.try_wait()? {
-                bail!("node exited with {status} before serving");
-            }
-            if http
-                .get(node.url("/_matrix/client/versions"))
-                .send()
-                .await
-                .is_ok()
-            {
-                return Ok(node);
-            }
-            ensure!(Instant::now() < deadline, "node did not start within 60 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-
-    /// Resident memory of the node process, from /proc.
-    fn rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .context("no VmRSS line")?;
-        let kib = line.split_whitespace().nth(1).context("empty VmRSS line")?;
-        Ok(kib.parse()?)
-    }
-}
-
-#[derive(Clone)]
-struct Client {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Client {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let mut req = self.http.request(method.clone(), format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await?;
-        let status = res.status();
-        let body: Value = res.json().await.unwrap_or(Value::Null);
-        ensure!(status.is_success(), "{method} {path}: {status} {body}");
-        Ok(body)
-    }
-
-    async fn register(&self, name: &str) -> anyhow::Result<String> {
-        let body = json!({"username": name, "password": format!("pw-{name}"),
-                          "auth": {"type": "m.login.dummy"}});
-        let res = self
-            .call(
-                reqwest::Method::POST,
-                "/_matrix/client/v3/register",
-                None,
-                Some(body),
-            )
-            .await?;
-        Ok(res["access_token"]
-            .as_str()
-            .context("no access_token")?
-            .to_owned())
-    }
-
-    async fn create_room(&self, token: &str, body: Value) -> anyhow::Result<String> {
-        let res = self
-            .call(
-                reqwest::Method::POST,
-                "/_matrix/client/v3/createRoom",
-                Some(token),
-                Some(body),
-            )
-            .await?;
-        Ok(res["room_id"].as_str().context("no room_id")?.to_owned())
-    }
-
-    async fn send(&self, token: &str, room: &str, txn: &str) -> anyhow::Result<String> {
-        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room));
-        let body = json!({"msgtype": "m.text", "body": format!("message {txn}")});
-        let res = self
-            .call(reqwest::Method::PUT, &path, Some(token), Some(body))
-            .await?;
-        Ok(res["event_id"].as_str().context("no event_id")?.to_owned())
-    }
-
-    async fn sync(&self, token: &str, since: Option<&str>, timeout_ms: u64) -> anyhow::Result<Value> {
-        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
-        if let Some(s) = since {
-            path.push_str(&format!("&since={}", enc(s)));
-        }
-        self.call(reqwest::Method::GET, &path, Some(token), None).await
-    }
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-fn next_batch(sync: &Value) -> anyhow::Result<String> {
-    Ok(sync["next_batch"].as_str().context("no next_batch")?.to_owned())
-}
-
-fn timeline_has(sync: &Value, room: &str, event_id: &str) -> bool {
-    sync["rooms"]["join"][room]["timeline"]["events"]
-        .as_array()
-        .is_some_and(|evs| evs.iter().any(|e| e["event_id"] == event_id))
-}
-
-/// Nearest-rank percentile of an already sorted slice.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    percentile(&v, 0.5)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
-struct Row {
-    metric: String,
-    value: String,
-    target: &'static str,
-    met: bool,
-    note: String,
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let full = std::env::args().any(|a| a == "--bench");
     let plan = if full { FULL } else { SMOKE };
     let http = reqwest::Client::new();
     let node = NodeProcess::start(&http).await?;
-    let c = Client {
-        http,
-        base: node.url.clone(),
-    };
+    let c = Client::new(http, node.url.clone());
     let mut rows = Vec::new();
 
     // Idle memory first, before any load has grown caches.
@@ -417,23 +223,6 @@ async fn main() -> anyhow::Result<()> {
         note: "informational".into(),
     });
 
-    if !full {
-        println!("smoke pass (debug binary, tiny counts; `cargo bench --bench node` for figures)");
-    }
-    println!("| metric | value | target | met | notes |");
-    println!("|---|---|---|---|---|");
-    for r in &rows {
-        let met = if r.target == "-" {
-            ""
-        } else if r.met {
-            "yes"
-        } else {
-            "NO"
-        };
-        println!(
-            "| {} | {} | {} | {met} | {} |",
-            r.metric, r.value, r.target, r.note
-        );
-    }
+    print_table(&rows, full, "node");
     Ok(())
 }

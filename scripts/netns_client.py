@@ -290,8 +290,9 @@ class Run:
         parts = []
         for n in self.nodes:
             _, uptime, info = seen[n.label]
-            addrs = sorted({a for p in info.get("peers", []) for a in p.get("addrs", [])})
-            parts.append(f"{n.label} at node uptime {uptime:.1f} s via {' '.join(addrs) or '(no addrs)'}")
+            # Only the hosts: the port and transport are the same everywhere.
+            hosts = sorted({a.split("/")[2] for p in info.get("peers", []) for a in p.get("addrs", []) if a.count("/") > 2})
+            parts.append(f"{n.label} at node uptime {uptime:.1f} s, peers at {' '.join(hosts) or '(no addrs)'}")
         self.report(True, "discovery", f"all three see two peers {secs:.1f} s after ready; " + "; ".join(parts))
         return True
 

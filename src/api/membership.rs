@@ -303,7 +303,8 @@ async fn invite(
     let target = body.target()?;
     if target.server_name() != s.server_name() {
         let (rid, inviter, invitee) = (room_id.clone(), auth.user_id.clone(), target.clone());
-        s.db.read(move |c| may_invite(c, &rid, &inviter, &invitee)).await?;
+        s.db.read(move |c| may_invite(c, &rid, &inviter, &invitee))
+            .await?;
         let reason = body.reason;
         crate::p2p::join::remote::invite_remote(&s, &auth.user_id, &room_id, &target, reason).await?;
         return Ok(empty());

@@ -26,8 +26,16 @@ pub struct Mdns {
 
 impl Mdns {
     /// Announces this node and starts browsing; discovered peers go to the swarm task.
-    pub fn start(local: PeerId, listen: &[Multiaddr], commands: mpsc::Sender<Command>) -> anyhow::Result<Mdns> {
-        let port = listen
+    ///
+    /// `configured` are the listen addresses as configured (an unspecified IP means every
+    /// interface), `bound` those the swarm reported, which carry the real port.
+    pub fn start(
+        local: PeerId,
+        configured: &[Multiaddr],
+        bound: &[Multiaddr],
+        commands: mpsc::Sender<Command>,
+    ) -> anyhow::Result<Mdns> {
+        let port = bound
             .iter()
             .find_map(|a| {
                 a.iter().find_map(|p| match p {
@@ -41,8 +49,22 @@ impl Mdns {
         daemon.enable_interface(mdns_sd::IfKind::LoopbackV4)?;
         let name = local.to_string();
         let host = format!("{name}.local.");
-        let info = ServiceInfo::new(SERVICE_TYPE, &name, &host, "", port, &[("peer_id", name.as_str())][..])?
-            .enable_addr_auto();
+        // Announce the addresses actually listened on; an unspecified one means every interface.
+        let ips: Vec<IpAddr> = configured
+            .iter()
+            .filter_map(|a| match a.iter().next() {
+                Some(AddrProtocol::Ip4(ip)) => Some(IpAddr::V4(ip)),
+                Some(AddrProtocol::Ip6(ip)) => Some(IpAddr::V6(ip)),
+                _ => None,
+            })
+            .collect();
+        let every_interface = ips.is_empty() || ips.iter().any(IpAddr::is_unspecified);
+        let props = &[("peer_id", name.as_str())][..];
+        let info = if every_interface {
+            ServiceInfo::new(SERVICE_TYPE, &name, &host, "", port, props)?.enable_addr_auto()
+        } else {
+            ServiceInfo::new(SERVICE_TYPE, &name, &host, &ips[..], port, props)?
+        };
         daemon.register(info)?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let browser = daemon.clone();

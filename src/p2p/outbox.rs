@@ -344,21 +344,21 @@ pub fn to_device_edus(
     let size = |v: &str| serde_json::to_string(v).map_or(v.len(), |j| j.len());
     let budget =
         (wire::MAX_REQUEST_BYTES as usize).saturating_sub(ENVELOPE_BYTES + size(sender) + size(event_type));
-    let mut per_dest: BTreeMap<String, Vec<(String, String, Map<String, Value>)>> = BTreeMap::new();
+    let mut per_dest: BTreeMap<String, Vec<(OwnedUserId, UserMessages)>> = BTreeMap::new();
     for (user, devices) in messages {
-        let dest = user.server_name().to_string();
-        for (device, content) in devices {
-            per_dest
-                .entry(dest.clone())
-                .or_default()
-                .push((user.to_string(), device, content));
-        }
+        per_dest
+            .entry(user.server_name().to_string())
+            .or_default()
+            .push((user, devices));
     }
     let mut out = Vec::new();
-    for (dest, entries) in per_dest {
+    for (dest, users) in per_dest {
         let mut chunk: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
         let mut used = 0;
-        for (user, device, content) in entries {
+        for (user, device, content) in users
+            .into_iter()
+            .flat_map(|(u, devices)| devices.into_iter().map(move |(d, c)| (u.to_string(), d, c)))
+        {
             // Each entry is counted with its own user key: an overestimate, never under.
             let cost = size(&user) + size(&device) + serde_json::to_string(&content)?.len() + 8;
             if cost > budget {

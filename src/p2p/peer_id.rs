@@ -54,7 +54,7 @@ mod tests {
         );
         assert_eq!(
             peer.to_string(),
-            "12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2NASuq"
+            "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5"
         );
         // Signatures agree byte for byte.
         use ruma::signatures::KeyPair;

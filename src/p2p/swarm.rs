@@ -202,7 +202,12 @@ pub async fn spawn(services: AppState, commands: mpsc::Receiver<Command>) -> any
     }
     task.subscribe_joined_rooms().await;
     if task.services.config.mdns {
-        match super::discovery::Mdns::start(p2p.local_peer_id(), &task.listen_addrs, task.commands.clone()) {
+        match super::discovery::Mdns::start(
+            p2p.local_peer_id(),
+            &task.services.config.p2p_listen,
+            &task.listen_addrs,
+            task.commands.clone(),
+        ) {
             Ok(m) => task.mdns = Some(m),
             Err(e) => tracing::warn!(error = %e, "mDNS discovery unavailable"),
         }
@@ -402,7 +407,7 @@ impl Task {
         if peer == *self.swarm.local_peer_id() {
             return;
         }
-        self.learn(peer, &addrs);
+        self.learn(peer, &routable(&addrs));
         if let Some(server) = peer_id::server_name_of(&peer) {
             self.p2p.emit(PeerEvent::Seen(server));
         }
@@ -458,7 +463,7 @@ impl Task {
         let book = self
             .services
             .db
-            .read(|c| crate::storage::peers::address_book(c))
+            .read(crate::storage::peers::address_book)
             .await
             .unwrap_or_default();
         for (peer, addrs) in book {
@@ -475,7 +480,7 @@ impl Task {
         let rooms = self
             .services
             .db
-            .read(|c| crate::storage::peers::rooms_with_local_members(c))
+            .read(crate::storage::peers::rooms_with_local_members)
             .await
             .unwrap_or_default();
         for room in rooms {
@@ -536,7 +541,7 @@ impl Task {
                 message,
             }) => self.on_gossip(propagation_source, message_id, message),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                self.learn(peer_id, &info.listen_addrs);
+                self.learn(peer_id, &routable(&info.listen_addrs));
                 if let Some(server) = peer_id::server_name_of(&peer_id) {
                     self.p2p.emit(PeerEvent::Seen(server));
                 }
@@ -669,6 +674,26 @@ fn with_udp_port(addr: &Multiaddr, from: u16, to: u16) -> Option<Multiaddr> {
         })
         .collect();
     changed.then_some(out)
+}
+
+/// The addresses worth dialling among those a peer announces: a loopback address is the
+/// peer only on this host, and then its other addresses reach it too, so loopback is kept
+/// only when it is all there is; scope-less IPv6 link-local addresses cannot be dialled.
+fn routable(addrs: &[Multiaddr]) -> Vec<Multiaddr> {
+    let ip_of = |a: &Multiaddr| match a.iter().next() {
+        Some(AddrProtocol::Ip4(ip)) => Some(std::net::IpAddr::V4(ip)),
+        Some(AddrProtocol::Ip6(ip)) => Some(std::net::IpAddr::V6(ip)),
+        _ => None,
+    };
+    let usable: Vec<Multiaddr> = addrs
+        .iter()
+        .filter(|a| !matches!(ip_of(a), Some(std::net::IpAddr::V6(v6)) if v6.is_unicast_link_local()))
+        .cloned()
+        .collect();
+    let (loopback, other): (Vec<_>, Vec<_>) = usable
+        .into_iter()
+        .partition(|a| ip_of(a).is_some_and(|ip| ip.is_loopback()));
+    if other.is_empty() { loopback } else { other }
 }
 
 fn strip_p2p(a: &Multiaddr) -> Multiaddr {

@@ -98,57 +98,23 @@ pub fn append_local(
     ev: NewEvent,
     txn: Option<Txn>,
 ) -> Result<Pdu> {
-    let version = room_version(tx, room_id.as_str())?;
-    let rules = rules_for(&version)?;
-    let prev_events = forward_extremities(tx, room_id.as_str())?;
-    let depth = max_depth(tx, &prev_events)?
-        .saturating_add(1)
-        .min(i64::MAX as u64);
-    let content_raw = serde_json::value::to_raw_value(&ev.content)?;
-    let kind = TimelineEventType::from(ev.kind.as_str());
-    let auth_types = state_res::auth_types_for_event(
-        &kind,
-        sender,
-        ev.state_key.as_deref(),
-        &content_raw,
-        &rules.authorization,
-    )
-    .map_err(Error::bad_json)?;
-    let mut auth_events = Vec::new();
-    for (t, k) in &auth_types {
-        if let Some(id) = current_state_id(tx, room_id.as_str(), &t.to_string(), k)? {
-            auth_events.push(id);
-        }
-    }
-    let mut content = ev.content;
-    let redacts_in_content = rules.redaction.keep_room_redaction_redacts;
-    if let (Some(r), Some(obj)) = (&ev.redacts, content.as_object_mut()) {
+    let redacts = ev.redacts.clone();
+    let (rules, mut unsigned) = build_unsigned(tx, room_id, sender, ev)?;
+    if let (Some(r), Value::Object(obj)) = (&redacts, &mut unsigned) {
         // v11 moved `redacts` from the top level into the content.
-        if redacts_in_content {
+        let in_content = rules.redaction.keep_room_redaction_redacts;
+        if let Some(content) = obj.get_mut("content").and_then(Value::as_object_mut) {
+            if in_content {
+                content.insert("redacts".into(), r.clone().into());
+            } else {
+                content.remove("redacts");
+            }
+        }
+        if !in_content {
             obj.insert("redacts".into(), r.clone().into());
-        } else {
-            obj.remove("redacts");
         }
     }
-    let mut obj = serde_json::Map::new();
-    obj.insert("auth_events".into(), auth_events.into());
-    obj.insert("content".into(), content);
-    obj.insert("depth".into(), depth.into());
-    obj.insert(
-        "origin_server_ts".into(),
-        u64::from(MilliSecondsSinceUnixEpoch::now().get()).into(),
-    );
-    obj.insert("prev_events".into(), prev_events.into());
-    obj.insert("room_id".into(), room_id.as_str().into());
-    obj.insert("sender".into(), sender.as_str().into());
-    obj.insert("type".into(), ev.kind.clone().into());
-    if let Some(sk) = &ev.state_key {
-        obj.insert("state_key".into(), sk.clone().into());
-    }
-    if let (Some(r), false) = (&ev.redacts, redacts_in_content) {
-        obj.insert("redacts".into(), r.clone().into());
-    }
-    let pdu = sign(identity, &rules, Value::Object(obj))?;
+    let pdu = sign(identity, &rules, unsigned)?;
     authorize(tx, &rules, &pdu)?;
     let before = current_group(tx, room_id.as_str())?;
     persist(tx, identity, &rules, &pdu, before, false, Origin::Local(txn))?;
@@ -224,7 +190,8 @@ pub fn sign(identity: &Identity, rules: &RoomVersionRules, pdu: Value) -> Result
         e => Error::bad_json(e.to_string()),
     })?;
     let size = serde_json::to_vec(&object)?.len();
-    if size > MAX_PDU_BYTES {
+    // Receivers (ruma's check_pdu_format) refuse 65,536 bytes and more: stay under it.
+    if size >= MAX_PDU_BYTES {
         return Err(Error::too_large(format!(
             "event is {size} bytes, over the limit of {MAX_PDU_BYTES}"
         )));

@@ -6,3 +6,6 @@ mod net;
 
 mod discovery;
 mod e2ee;
+mod replication;
+mod join;
+mod outbox;

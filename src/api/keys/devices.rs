@@ -217,11 +217,11 @@ pub fn query_local(
     Ok(out)
 }
 
+/// This node's users a request names (with what is asked of each), and other nodes'.
+type Split<T> = (Vec<(String, T)>, remote::ByServer<T>);
+
 /// Splits the users a request names into this node's and other nodes' (by server).
-fn split_by_server<T>(
-    s: &AppState,
-    requested: BTreeMap<String, T>,
-) -> Result<(Vec<(String, T)>, remote::ByServer<T>)> {
+fn split_by_server<T>(s: &AppState, requested: BTreeMap<String, T>) -> Result<Split<T>> {
     let mut local = Vec::new();
     let mut others = remote::ByServer::new();
     for (user, v) in requested {

@@ -68,7 +68,10 @@ pub async fn join_remote(
     reason: Option<String>,
 ) -> Result<OwnedRoomId> {
     let mut last: Option<Error> = None;
-    let candidates = servers.iter().filter(|c| ***c != *s.server_name());
+    // Names that are not node keys (e.g. a homeserver's domain) cannot be dialled.
+    let candidates = servers
+        .iter()
+        .filter(|c| ***c != *s.server_name() && crate::p2p::peer_id::peer_id_of(c).is_some());
     for server in candidates.take(MAX_CANDIDATES) {
         match join_through(s, server, user, target, reason.clone()).await {
             Ok(room) => {
@@ -329,7 +332,7 @@ pub async fn invite_remote(
 }
 
 /// Whether `server` signed the event (signatures cover the redacted form).
-fn signed_by(
+pub(crate) fn signed_by(
     json: &CanonicalJsonObject,
     server: &ServerName,
     rules: &ruma::room_version_rules::RoomVersionRules,
@@ -341,8 +344,11 @@ fn signed_by(
         return false;
     };
     let map = key_map_for([(server, keys.keys().cloned().collect())]);
-    match ruma::canonical_json::redact(json.clone(), &rules.redaction, None) {
-        Ok(redacted) => ruma::signatures::verify_json(&map, &redacted).is_ok(),
-        Err(_) => false,
-    }
+    let Ok(mut redacted) = ruma::canonical_json::redact(json.clone(), &rules.redaction, None) else {
+        return false;
+    };
+    // verify_json checks every signer it finds: leave only the one asked about.
+    let only = CanonicalJsonObject::from([(server.to_string(), CanonicalJsonValue::Object(keys.clone()))]);
+    redacted.insert("signatures".into(), CanonicalJsonValue::Object(only));
+    ruma::signatures::verify_json(&map, &redacted).is_ok()
 }

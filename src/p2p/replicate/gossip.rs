@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use ruma::canonical_json::CanonicalJsonValue;
+use ruma::signatures::Verified;
 use ruma::{EventId, OwnedServerName, UserId};
 
 use super::fetch::{Fate, candidates, ingest_with_repair, keyed};
 use crate::p2p::wire::{EDU_PREFIX, Edu, WirePdu, decode_edu, decode_gossip};
 use crate::p2p::{Counters, peer_id};
+use crate::room::ingest::verify;
 use crate::room::{room_version, rules_for};
 use crate::services::AppState;
 use crate::storage::replication::{has_local_member, held};
@@ -119,9 +121,27 @@ async fn on_pdu(
         );
         return false;
     };
+    // Signatures first, before taking the write lock: forgeries cost no transaction.
+    let intact = match verify(&event.1, &rules) {
+        Ok(v) => v == Verified::All,
+        Err(reason) => {
+            Counters::bump(&s.p2p.counters.rejected_events);
+            tracing::warn!(claimed_id, ?source, reason, "rejected a gossiped event");
+            return false;
+        }
+    };
+    if !intact {
+        // The spec keeps such an event in its redacted form; its altered bytes go no further.
+        Counters::bump(&s.p2p.counters.rejected_events);
+        tracing::warn!(
+            claimed_id,
+            ?source,
+            "gossiped event does not match its content hash"
+        );
+    }
     let servers = candidates(s, &room_id, source).await.unwrap_or_default();
     match ingest_with_repair(s, &room_id, &rules, vec![event], &servers).await {
-        Ok(fates) => fates.get(&claimed_id) == Some(&Fate::Held),
+        Ok(fates) => intact && fates.get(&claimed_id) == Some(&Fate::Held),
         Err(e) => {
             tracing::warn!(claimed_id, error = %e.message, "could not ingest a gossiped event");
             false

@@ -198,7 +198,7 @@ mod tests {
         )
         .await;
         assert_eq!(res, Response::Ok {});
-        assert_eq!(changed_for(&a, &alice, before).await, [bob.clone()]);
+        assert_eq!(changed_for(&a, &alice, before).await, std::slice::from_ref(&bob));
 
         // A user of B whom no local user shares a room with: nothing to record.
         let before = a.stream();

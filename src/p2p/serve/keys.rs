@@ -142,5 +142,18 @@ mod tests {
         // None left and no fallback key: nothing to hand out.
         let z = body(handle(&a.s, &b_node, claim_req(&alice, "PHONE")).await);
         assert_eq!(z, json!({"one_time_keys": {}}));
+        // With a fallback key, every claim after that gets it.
+        let u = alice.clone();
+        a.s.db
+            .write(move |tx| {
+                let key = json!({"key": "fallback", "fallback": true});
+                crate::storage::e2ee::put_fallback_key(tx, &u, "PHONE", "signed_curve25519", "FB", &key)
+            })
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let b = body(handle(&a.s, &c_node, claim_req(&alice, "PHONE")).await);
+            assert_eq!(key_of(b), "signed_curve25519:FB");
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Two and three nodes, each with its own SQLite file and key, joining and inviting through
 //! the resident and invitee functions the peer layer calls, without the network.
 
+mod invite;
+
 use ruma::canonical_json::CanonicalJsonObject;
 use ruma::{OwnedRoomId, OwnedUserId, RoomVersionId};
 use serde_json::{Value, json};
@@ -9,11 +11,11 @@ use super::{JoinAnswer, import_join};
 use crate::Result;
 use crate::identity::Identity;
 use crate::notifier::Notifier;
-use crate::p2p::join::{invitee, remote, resident};
+use crate::p2p::join::{remote, resident};
 use crate::pdu::Pdu;
 use crate::room::create::{CreateRoom, create_room};
 use crate::room::ingest::{Outcome, ingest};
-use crate::room::{NewEvent, SUPPORTED_VERSIONS, append_local, build_unsigned, rules_for, sign};
+use crate::room::{NewEvent, SUPPORTED_VERSIONS, append_local, rules_for, sign};
 use crate::storage::Db;
 use crate::storage::events::{forward_extremities, room_events, stream_ordering_of};
 use crate::storage::state::{StateIds, current_state_ids, load_group};
@@ -292,7 +294,7 @@ async fn answers_that_do_not_check_out_are_refused_and_leave_nothing_behind() {
     let mut missing = answer.clone();
     missing.state.retain(|j| !is(j, "m.room.power_levels"));
     missing.auth_chain.retain(|j| !is(j, "m.room.power_levels"));
-    // Another room version than the create event's.
+    // Another room version than the create event names (its events do not even parse so).
     let mut version = answer.clone();
     version.room_version = RoomVersionId::V11;
     // A state event correctly signed by B, by a user not in the room: not authorised by
@@ -335,7 +337,6 @@ async fn answers_that_do_not_check_out_are_refused_and_leave_nothing_behind() {
         ("foreign", foreign),
     ] {
         let err = b.import(bad).await.expect_err(what);
-        eprintln!("DBG {what}: {}", err.message);
         assert_eq!(err.errcode, "M_FORBIDDEN", "{what}: {}", err.message);
         assert!(
             !b.room_known(&room).await,
@@ -403,98 +404,5 @@ async fn the_resident_refuses_what_the_requesting_node_may_not_ask() {
         !a.state(&room)
             .await
             .contains_key(&("m.room.member".to_owned(), bob.to_string()))
-    );
-}
-
-#[tokio::test]
-async fn an_invite_is_countersigned_shown_to_the_invitee_and_accepted_through_the_inviter() {
-    let (a, b, c) = (node(1), node(2), node(3));
-    let (alice, bob) = (a.user("alice").await, b.user("bob").await);
-    let room = a
-        .create(&alice, json!({"preset": "private_chat", "name": "secret"}))
-        .await;
-    // A builds and signs the invite without storing it, with the room state to show.
-    let (version, invite, room_state) =
-        a.db.read({
-            let (id, room, alice, bob) = (a.id.clone(), room.clone(), alice.clone(), bob.clone());
-            move |c| {
-                let ev = NewEvent::state("m.room.member", bob.as_str(), json!({"membership": "invite"}));
-                let (rules, unsigned) = build_unsigned(c, &room, &alice, ev)?;
-                let pdu = sign(&id, &rules, unsigned)?;
-                let mut state = Vec::new();
-                for kind in ["m.room.create", "m.room.join_rules", "m.room.name"] {
-                    let eid = crate::storage::state::current_state_id(c, room.as_str(), kind, "")?.unwrap();
-                    state.push(serde_json::to_value(
-                        crate::storage::events::get_pdu(c, &eid).unwrap().json,
-                    )?);
-                }
-                Ok((crate::room::room_version(c, room.as_str())?, pdu, state))
-            }
-        })
-        .await
-        .unwrap();
-    let receive = |n: &Node, origin: &Node, json: CanonicalJsonObject| {
-        let (db, id, origin, v, state) = (
-            n.db.clone(),
-            n.id.clone(),
-            origin.id.server_name().to_owned(),
-            version.to_string(),
-            room_state.clone(),
-        );
-        async move {
-            db.write(move |tx| invitee::receive_invite(tx, &id, &origin, &v, json, state))
-                .await
-        }
-    };
-    // C cannot deliver A's invite as its own.
-    let err = receive(&b, &c, invite.json.clone()).await.unwrap_err();
-    assert_eq!(err.errcode, "M_FORBIDDEN");
-    let signed = receive(&b, &a, invite.json.clone()).await.unwrap();
-    let sigs = signed.get("signatures").and_then(|s| s.as_object()).unwrap();
-    assert!(sigs.contains_key(b.id.server_name().as_str()), "B countersigned");
-    assert_eq!(b.local_membership(&bob, &room).await.as_deref(), Some("invite"));
-    assert!(timeline(&b, &room).await.is_empty(), "an invite is no timeline");
-    // The stripped state B shows comes from what A sent.
-    let shown =
-        b.db.read({
-            let iid = invite.event_id.to_string();
-            move |c| {
-                let g = crate::storage::events::state_group_of(c, &iid)?.unwrap();
-                let name = crate::storage::events::state_entry_at(c, g, "m.room.name", "")?.unwrap();
-                crate::storage::events::content_str(c, &name, "name")
-            }
-        })
-        .await
-        .unwrap();
-    assert_eq!(shown.as_deref(), Some("secret"));
-
-    // A stores the countersigned invite; bob accepts through A.
-    let outcome = a.db.write({
-        let (id, json) = (a.id.clone(), signed.clone());
-        move |tx| ingest(tx, &id, json)
-    });
-    assert!(matches!(
-        outcome.await.unwrap(),
-        Outcome::Stored {
-            soft_failed: false,
-            ..
-        }
-    ));
-    b.join_through(&a, &room, &bob).await;
-    assert_eq!(a.state(&room).await, b.state(&room).await);
-    assert_eq!(b.local_membership(&bob, &room).await.as_deref(), Some("join"));
-    let invite_outliers =
-        b.db.read(|c| {
-            Ok(
-                c.query_row("SELECT COUNT(*) FROM events WHERE outlier = 2", [], |r| {
-                    r.get::<_, i64>(0)
-                })?,
-            )
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        invite_outliers, 0,
-        "the checked state replaced what the invite brought"
     );
 }

@@ -4,10 +4,11 @@
 use std::time::{Duration, Instant};
 
 use ruma::ServerName;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::{Filter, matches_filter};
 use crate::api::keys::remote::ask;
+use crate::p2p::peer_id::peer_id_of;
 use crate::p2p::wire::Request;
 use crate::services::AppState;
 use crate::{Error, Result};
@@ -52,7 +53,8 @@ fn rooms_of(answer: &Value, filter: &Filter) -> Vec<Value> {
         .collect()
 }
 
-/// `GET/POST /publicRooms?server=<other node>`: that node's page, with its own tokens.
+/// `GET/POST /publicRooms?server=<other node>`: that node's page, with its own tokens;
+/// `502` when the node cannot be reached.
 pub async fn remote_directory(
     s: &AppState,
     server: &str,
@@ -62,6 +64,10 @@ pub async fn remote_directory(
 ) -> Result<Value> {
     let server = ServerName::parse(server)
         .map_err(|_| Error::invalid_param(format!("invalid server name {server:?}")))?;
+    if peer_id_of(&server).is_none() {
+        // Not a meshserver node: no protocol reaches it, so it lists nothing here.
+        return Ok(json!({"chunk": [], "total_room_count_estimate": 0}));
+    }
     let answer = ask(s, &server, request(limit, since, filter), REMOTE_WAIT)
         .await
         .map_err(|why| {

@@ -150,10 +150,9 @@ fn malformed_gossip_frames_are_refused() {
     let frame = |id: &[u8]| [id, b"\n", &body].concat();
     assert!(decode_gossip(&frame(event_id.as_bytes())).is_some());
 
-    let bad_id_lines: [&[u8]; 5] = [
+    let bad_id_lines: [&[u8]; 4] = [
         b"",                                         // empty ID line
         event_id.trim_start_matches('$').as_bytes(), // no sigil
-        b"$\xff\xfe",                                // not UTF-8
         b"edu",                                      // the EDU prefix is not an event ID
         &[b"$".as_slice(), &[b'a'; 255]].concat(),   // 256 bytes: over the event ID limit
     ];
@@ -163,6 +162,10 @@ fn malformed_gossip_frames_are_refused() {
         // Relays still dedup it, by content hash rather than the bogus line.
         assert_eq!(gossip_message_id(&f), blake3::hash(&f).as_bytes().to_vec());
     }
+    // A `$` line that is not UTF-8 is refused too; relays key it by its raw line.
+    let f = frame(b"$\xff\xfe");
+    assert_eq!(decode_gossip(&f), None);
+    assert_eq!(gossip_message_id(&f), b"$\xff\xfe");
     // No ID line at all; a body that is not a JSON object.
     assert_eq!(decode_gossip(&body), None);
     assert_eq!(decode_gossip(format!("{event_id}\n[1,2]").as_bytes()), None);

@@ -1,0 +1,629 @@
+//! Peer network benchmarks over real HTTP and real libp2p/QUIC between two `meshserver run`
+//! processes (`cargo bench --bench p2p`): send on node A → long-poll /sync on node B, beside the
+//! same wake on A alone; how long a restarted node takes to receive the messages it missed; and
+//! the bytes on the wire per message between two nodes in network namespaces, against the size
+//! of the event itself. Prints a Markdown table with the targets beside each figure.
+//!
+//! Under `cargo test --all-targets` (no `--bench` flag) it runs a smoke pass with tiny counts
+//! against the debug binary, so the benchmark code itself stays tested.
+
+#[path = "p2p/netns.rs"]
+mod netns;
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use serde_json::{Value, json};
+
+use support::{Client, NodeProcess, Row, enc, median, ms, next_batch, percentile, print_table};
+
+/// How much work each measurement does: full figures under `cargo bench`, a smoke pass otherwise.
+struct Plan {
+    floor_requests: usize,
+    /// Wake rounds of each kind (local and cross-node), interleaved.
+    wake_rounds: usize,
+    catchup_messages: usize,
+    catchup_runs: usize,
+    /// How long B stays down in the last catch-up run.
+    long_outage: Duration,
+    wire_messages: usize,
+    /// Quiet time after setup before the idle traffic is measured.
+    wire_settle: Duration,
+    wire_idle: Duration,
+}
+
+const FULL: Plan = Plan {
+    floor_requests: 2000,
+    wake_rounds: 300,
+    catchup_messages: 1000,
+    catchup_runs: 3,
+    long_outage: Duration::from_secs(15),
+    wire_messages: 500,
+    wire_settle: Duration::from_secs(5),
+    wire_idle: Duration::from_secs(30),
+};
+
+const SMOKE: Plan = Plan {
+    floor_requests: 20,
+    wake_rounds: 5,
+    catchup_messages: 20,
+    catchup_runs: 1,
+    long_outage: Duration::from_secs(12),
+    wire_messages: 10,
+    wire_settle: Duration::from_millis(500),
+    wire_idle: Duration::from_secs(1),
+};
+
+/// Generous limits: the debug binary on a busy machine is slow, but a stuck step must fail.
+const DELIVERY_LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let full = std::env::args().any(|a| a == "--bench");
+    let plan = if full { FULL } else { SMOKE };
+    let mut rows = Vec::new();
+    loopback(&plan, &mut rows).await?;
+    wire(&plan, &mut rows).await?;
+    print_table(&rows, full, "p2p");
+    Ok(())
+}
+
+/// Where a node runs and how the benchmark reaches its Client-Server API.
+#[derive(Clone)]
+struct Site {
+    client: Client,
+    /// `--client-listen` and `--p2p-listen`, matching `client`.
+    listen: Vec<String>,
+    netns: Option<String>,
+    /// Prefix of the listen multiaddr other nodes should dial.
+    dial_prefix: &'static str,
+}
+
+impl Site {
+    fn args(&self, peer: Option<&str>) -> Vec<String> {
+        let mut args = self.listen.clone();
+        args.push("--no-mdns".into());
+        if let Some(p) = peer {
+            args.extend(["--peer".into(), p.into()]);
+        }
+        args
+    }
+}
+
+/// Two connected nodes sharing a room: alice on A created it, bob on B joined it by invite.
+struct Pair {
+    _a: NodeProcess,
+    b: Option<NodeProcess>,
+    ca: Client,
+    cb: Client,
+    b_site: Site,
+    a_addr: String,
+    alice: String,
+    bob: String,
+    room: String,
+    b_dir: tempfile::TempDir,
+    _a_dir: tempfile::TempDir,
+}
+
+impl Pair {
+    async fn start(a_site: Site, b_site: Site) -> anyhow::Result<Pair> {
+        let (a_dir, b_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let ca = a_site.client.clone();
+        let every = Duration::from_millis(20);
+        let a = NodeProcess::spawn(
+            &ca,
+            a_dir.path(),
+            &a_site.args(None),
+            a_site.netns.as_deref(),
+            every,
+        )
+        .await?;
+        let a_info = node_info(&ca).await?;
+        let addrs = a_info["listen_addrs"].as_array().context("no listen_addrs")?;
+        let a_addr = addrs
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|a| a.starts_with(a_site.dial_prefix))
+            .with_context(|| format!("A listens on no {} address: {a_info}", a_site.dial_prefix))?
+            .to_owned();
+        let a_name = a_info["server_name"]
+            .as_str()
+            .context("no server_name")?
+            .to_owned();
+        let cb = b_site.client.clone();
+        let b_args = b_site.args(Some(&a_addr));
+        let b = NodeProcess::spawn(&cb, b_dir.path(), &b_args, b_site.netns.as_deref(), every).await?;
+        let b_name = node_info(&cb).await?["server_name"]
+            .as_str()
+            .context("no server_name")?
+            .to_owned();
+        for c in [&ca, &cb] {
+            wait_connected(c, Instant::now()).await?;
+        }
+
+        let alice = ca.register("alice").await?;
+        let bob = cb.register("bob").await?;
+        let room = ca.create_room(&alice, json!({"preset": "public_chat"})).await?;
+        let invite = format!("/_matrix/client/v3/rooms/{}/invite", enc(&room));
+        let body = json!({"user_id": format!("@bob:{b_name}")});
+        ca.call(reqwest::Method::POST, &invite, Some(&alice), Some(body))
+            .await?;
+        let join = format!(
+            "/_matrix/client/v3/join/{}?server_name={}",
+            enc(&room),
+            enc(&a_name)
+        );
+        cb.call(reqwest::Method::POST, &join, Some(&bob), Some(json!({})))
+            .await?;
+        Ok(Pair {
+            _a: a,
+            b: Some(b),
+            ca,
+            cb,
+            b_site,
+            a_addr,
+            alice,
+            bob,
+            room,
+            b_dir,
+            _a_dir: a_dir,
+        })
+    }
+
+    /// Sends one message from alice on A.
+    async fn send(&self, txn: &str) -> anyhow::Result<String> {
+        self.ca.send(&self.alice, &self.room, txn).await
+    }
+}
+
+async fn node_info(c: &Client) -> anyhow::Result<Value> {
+    c.call(reqwest::Method::GET, "/_meshserver/v1/node", None, None)
+        .await
+}
+
+/// Polls `/_meshserver/v1/node` every 5 ms until it lists a connected peer; the time since `from`.
+async fn wait_connected(c: &Client, from: Instant) -> anyhow::Result<Duration> {
+    loop {
+        let info = node_info(c).await?;
+        if info["peers"].as_array().is_some_and(|p| !p.is_empty()) {
+            return Ok(from.elapsed());
+        }
+        ensure!(
+            from.elapsed() < DELIVERY_LIMIT,
+            "no peer connected within {DELIVERY_LIMIT:?}: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One user's /sync position and the events of one room it has seen there.
+struct Poller {
+    c: Client,
+    token: String,
+    room: String,
+    since: String,
+    seen: HashSet<String>,
+}
+
+impl Poller {
+    async fn new(c: &Client, token: &str, room: &str) -> anyhow::Result<Poller> {
+        let res = c.sync(token, None, 0).await?;
+        let mut p = Poller {
+            c: c.clone(),
+            token: token.to_owned(),
+            room: room.to_owned(),
+            since: String::new(),
+            seen: HashSet::new(),
+        };
+        p.absorb(&res)?;
+        Ok(p)
+    }
+
+    fn absorb(&mut self, res: &Value) -> anyhow::Result<()> {
+        self.since = next_batch(res)?;
+        let events = res["rooms"]["join"][self.room.as_str()]["timeline"]["events"].as_array();
+        for e in events.into_iter().flatten() {
+            if let Some(id) = e["event_id"].as_str() {
+                self.seen.insert(id.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Parks a long-poll from the current position.
+    fn park(&self) -> tokio::task::JoinHandle<anyhow::Result<Value>> {
+        let (c, token, since) = (self.c.clone(), self.token.clone(), self.since.clone());
+        tokio::spawn(async move { c.sync(&token, Some(&since), 30_000).await })
+    }
+
+    /// Long-polls until `event_id` has come down /sync.
+    async fn wait_for(&mut self, event_id: &str) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while !self.seen.contains(event_id) {
+            ensure!(
+                start.elapsed() < DELIVERY_LIMIT,
+                "{event_id} did not reach {}'s /sync within {DELIVERY_LIMIT:?}",
+                self.c.base
+            );
+            let res = self.c.sync(&self.token, Some(&self.since), 1000).await?;
+            self.absorb(&res)?;
+        }
+        Ok(())
+    }
+}
+
+/// A timed send → /sync wake: (from the PUT's start, from the PUT's response, event ID).
+async fn wake(p: &mut Poller, pair: &Pair, txn: &str) -> anyhow::Result<(Duration, Duration, String)> {
+    let poll = p.park();
+    // Let the long-poll reach the server and park before the send.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let t = Instant::now();
+    let event_id = pair.send(txn).await?;
+    let sent = t.elapsed();
+    let res = poll.await??;
+    p.absorb(&res)?;
+    // A wake for anything else (a receipt, say) is not the one being timed: poll on.
+    p.wait_for(&event_id).await?;
+    Ok((t.elapsed(), t.elapsed().saturating_sub(sent), event_id))
+}
+
+/// The HTTP floor, local and cross-node wakes, and catch-up, with both nodes on loopback.
+async fn loopback(plan: &Plan, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let site = |port: u16| Site {
+        client: Client::new(reqwest::Client::new(), format!("http://127.0.0.1:{port}")),
+        listen: vec![
+            "--client-listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--p2p-listen".into(),
+            "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+        ],
+        netns: None,
+        dial_prefix: "/ip4/127.0.0.1/",
+    };
+    let mut pair = Pair::start(site(support::free_port()?), site(support::free_port()?)).await?;
+
+    // The HTTP floor: a request that touches no storage.
+    let mut floor = Vec::with_capacity(plan.floor_requests);
+    for _ in 0..plan.floor_requests {
+        let t = Instant::now();
+        pair.ca
+            .call(reqwest::Method::GET, "/_matrix/client/versions", None, None)
+            .await?;
+        floor.push(t.elapsed());
+    }
+    let floor = median(floor);
+    rows.push(Row {
+        metric: "GET /versions round trip on A (HTTP floor)".into(),
+        value: ms(floor),
+        target: "-",
+        met: true,
+        note: "baseline".into(),
+    });
+
+    // carol on A and bob on B wait on the same room, in alternate rounds, for alice's sends.
+    let carol = pair.ca.register("carol").await?;
+    let join = format!("/_matrix/client/v3/rooms/{}/join", enc(&pair.room));
+    pair.ca
+        .call(reqwest::Method::POST, &join, Some(&carol), Some(json!({})))
+        .await?;
+    let mut local = Poller::new(&pair.ca, &carol, &pair.room).await?;
+    let mut remote = Poller::new(&pair.cb, &pair.bob, &pair.room).await?;
+    // The first message across also proves the join and the replication path.
+    let warm = pair.send("warm-up").await?;
+    remote.wait_for(&warm).await?;
+    local.wait_for(&warm).await?;
+    let (mut local_wakes, mut remote_wakes, mut remote_after) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last = warm;
+    for i in 0..plan.wake_rounds {
+        // Each poller first catches up with the other's last round, so that its parked poll
+        // waits for the new message alone.
+        local.wait_for(&last).await?;
+        let (t, _, id) = wake(&mut local, &pair, &format!("local-{i}")).await?;
+        local_wakes.push(t);
+        remote.wait_for(&id).await?;
+        let (t, after, id) = wake(&mut remote, &pair, &format!("remote-{i}")).await?;
+        remote_wakes.push(t);
+        remote_after.push(after);
+        last = id;
+    }
+    local_wakes.sort();
+    remote_wakes.sort();
+    let (l50, l99) = (percentile(&local_wakes, 0.5), percentile(&local_wakes, 0.99));
+    let (r50, r99) = (percentile(&remote_wakes, 0.5), percentile(&remote_wakes, 0.99));
+    let ratio =
+        |r: Duration, l: Duration| format!("{:.1}x the local wake", r.as_secs_f64() / l.as_secs_f64());
+    rows.push(Row {
+        metric: format!(
+            "send on A -> long-poll /sync on A (local wake), p50 / p99 ({} messages)",
+            plan.wake_rounds
+        ),
+        value: format!("{} / {}", ms(l50), ms(l99)),
+        target: "-",
+        met: true,
+        note: "same room, a second user on A: the single-node baseline".into(),
+    });
+    rows.push(Row {
+        metric: format!(
+            "send on A -> long-poll /sync on B, p50 ({} messages)",
+            plan.wake_rounds
+        ),
+        value: ms(r50),
+        target: "<= 5 ms",
+        met: r50 <= Duration::from_millis(5),
+        note: format!("from PUT start to B's /sync body read; {}", ratio(r50, l50)),
+    });
+    rows.push(Row {
+        metric: "send on A -> long-poll /sync on B, p99".into(),
+        value: ms(r99),
+        target: "<= 25 ms",
+        met: r99 <= Duration::from_millis(25),
+        note: ratio(r99, l99),
+    });
+    rows.push(Row {
+        metric: "  of which after A's PUT response arrived, p50".into(),
+        value: ms(median(remote_after)),
+        target: "-",
+        met: true,
+        note: "gossip, verification and storage on B, and B's wake".into(),
+    });
+
+    catchup(plan, &mut pair, &mut remote, rows).await
+}
+
+/// One catch-up run's times.
+struct Catchup {
+    /// From B's process start until it held every missed message.
+    from_start: Duration,
+    /// From B's first connection to A until then.
+    from_conn: Duration,
+    /// From B's process start until it answered HTTP.
+    ready: Duration,
+    /// How long sending the messages took on A.
+    sending: Duration,
+}
+
+/// Stops B, sends `n` messages on A, keeps B down for at least `down`, restarts it on its data
+/// dir and times until the last message is in bob's /sync and all of them are in /messages.
+async fn catchup_run(
+    pair: &mut Pair,
+    bob: &mut Poller,
+    tag: &str,
+    n: usize,
+    down: Duration,
+) -> anyhow::Result<Catchup> {
+    pair.b.take().context("B is not running")?.terminate().await?;
+    let t = Instant::now();
+    let mut last = String::new();
+    for i in 0..n {
+        last = pair.send(&format!("{tag}-{i}")).await?;
+    }
+    let sending = t.elapsed();
+    tokio::time::sleep(down.saturating_sub(t.elapsed())).await;
+
+    // A fresh client: the old one's pooled connections went with the old process.
+    let cb = Client::new(reqwest::Client::new(), pair.b_site.client.base.clone());
+    bob.c = cb.clone();
+    pair.cb = cb.clone();
+    let args = pair.b_site.args(Some(&pair.a_addr));
+    let t0 = Instant::now();
+    let b = NodeProcess::spawn(&cb, pair.b_dir.path(), &args, None, Duration::from_millis(5)).await?;
+    let ready = t0.elapsed();
+    pair.b = Some(b);
+    let got = async {
+        bob.wait_for(&last).await?;
+        let mut at = t0.elapsed();
+        // The last one in /sync is not proof of the rest: count them, and wait for any missing.
+        let prefix = format!("message {tag}-");
+        while count_messages(&cb, &pair.bob, &pair.room, &prefix, n).await? < n {
+            ensure!(
+                t0.elapsed() < DELIVERY_LIMIT,
+                "B never held all {n} missed messages"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            at = t0.elapsed();
+        }
+        Ok(at)
+    };
+    let (conn, from_start) = tokio::try_join!(wait_connected(&cb, t0), got)?;
+    Ok(Catchup {
+        from_start,
+        from_conn: from_start.saturating_sub(conn),
+        ready,
+        sending,
+    })
+}
+
+/// Catch-up after quick restarts (median of `catchup_runs`), then after one outage longer
+/// than QUIC's idle timeout, so that A has noticed the old connection is gone.
+async fn catchup(plan: &Plan, pair: &mut Pair, bob: &mut Poller, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let n = plan.catchup_messages;
+    let mut runs = Vec::new();
+    for run in 0..plan.catchup_runs {
+        runs.push(catchup_run(pair, bob, &format!("c{run}"), n, Duration::ZERO).await?);
+    }
+    let of = |f: fn(&Catchup) -> Duration| median(runs.iter().map(f).collect());
+    let median_of = if plan.catchup_runs > 1 {
+        format!(", median of {}", plan.catchup_runs)
+    } else {
+        String::new()
+    };
+    let (start, conn) = (of(|c| c.from_start), of(|c| c.from_conn));
+    rows.push(Row {
+        metric: format!("restarted B receives {n} missed messages, from process start{median_of}"),
+        value: ms(start),
+        target: "<= 1 s",
+        met: start <= Duration::from_secs(1),
+        note: format!(
+            "B down only while A sent them ({}); last one in bob's /sync, all {n} in /messages; B answered HTTP after {}",
+            ms(of(|c| c.sending)),
+            ms(of(|c| c.ready))
+        ),
+    });
+    rows.push(Row {
+        metric: format!("  the same, from B's first connection to A{median_of}"),
+        value: ms(conn),
+        target: "<= 1 s",
+        met: conn <= Duration::from_secs(1),
+        note: "connection seen by polling B's /_meshserver/v1/node every 5 ms".into(),
+    });
+    let long = catchup_run(pair, bob, "long", n, plan.long_outage).await?;
+    rows.push(Row {
+        metric: format!(
+            "  the same after B was down {:.0} s, from process start / from connection",
+            plan.long_outage.as_secs_f64()
+        ),
+        value: format!("{} / {}", ms(long.from_start), ms(long.from_conn)),
+        target: "<= 1 s",
+        met: long.from_conn <= Duration::from_secs(1),
+        note: "one run; past QUIC's idle timeout, so A knows the old connection is dead".into(),
+    });
+    Ok(())
+}
+
+/// How many of the newest messages in `room` (at most `want` are looked for) have a body
+/// starting with `prefix`, as bob sees them through `GET /messages`.
+async fn count_messages(
+    c: &Client,
+    token: &str,
+    room: &str,
+    prefix: &str,
+    want: usize,
+) -> anyhow::Result<usize> {
+    let mut count = 0;
+    let mut from: Option<String> = None;
+    // Newest first; what is looked for was sent last, so a few pages at most.
+    for _ in 0..20 {
+        let mut path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000", enc(room));
+        if let Some(f) = &from {
+            path.push_str(&format!("&from={}", enc(f)));
+        }
+        let res = c.call(reqwest::Method::GET, &path, Some(token), None).await?;
+        let chunk = res["chunk"].as_array().context("no chunk")?;
+        count += chunk
+            .iter()
+            .filter(|e| {
+                e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with(prefix))
+            })
+            .count();
+        match res["end"].as_str() {
+            Some(end) if !chunk.is_empty() && count < want => from = Some(end.to_owned()),
+            _ => break,
+        }
+    }
+    Ok(count)
+}
+
+/// Bytes on the wire per message between two nodes in two network namespaces joined by a veth
+/// pair, against the size of the event, and the idle keepalive traffic.
+async fn wire(plan: &Plan, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let skip = |why: String| Row {
+        metric: "wire bytes per message A -> B".into(),
+        value: "skipped".into(),
+        target: "<= 2x event bytes",
+        met: false,
+        note: why,
+    };
+    let ns = match netns::Link::create() {
+        Ok(ns) => ns,
+        Err(e) => {
+            println!("wire-bytes row skipped: cannot create network namespaces here: {e:#}");
+            rows.push(skip(format!("no network namespaces: {e:#}")));
+            return Ok(());
+        }
+    };
+    // Each node's client traffic stays on its own namespace's loopback, off the veth.
+    let (rt_a, rt_b) = (netns::Runtime::enter(&ns.a)?, netns::Runtime::enter(&ns.b)?);
+    let site = |rt: &netns::Runtime, name: &str, ip: &'static str, prefix: &'static str| Site {
+        client: Client::on_runtime(
+            reqwest::Client::new(),
+            "http://127.0.0.1:8008".into(),
+            rt.handle(),
+        ),
+        listen: vec![
+            "--client-listen".into(),
+            "127.0.0.1:8008".into(),
+            "--p2p-listen".into(),
+            format!("/ip4/{ip}/udp/0/quic-v1"),
+        ],
+        netns: Some(name.to_owned()),
+        dial_prefix: prefix,
+    };
+    let pair = Pair::start(
+        site(&rt_a, &ns.a, netns::IP_A, netns::DIAL_A),
+        site(&rt_b, &ns.b, netns::IP_B, netns::DIAL_B),
+    )
+    .await?;
+    let mut bob = Poller::new(&pair.cb, &pair.bob, &pair.room).await?;
+    let warm = pair.send("warm-up").await?;
+    bob.wait_for(&warm).await?;
+
+    tokio::time::sleep(plan.wire_settle).await;
+    let (i0, t) = (ns.counters()?, Instant::now());
+    tokio::time::sleep(plan.wire_idle).await;
+    let (idle, idle_secs) = (ns.counters()?.since(&i0), t.elapsed().as_secs_f64());
+
+    let n = plan.wire_messages;
+    let (c0, t) = (ns.counters()?, Instant::now());
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(pair.send(&format!("wire-{i}")).await?);
+    }
+    bob.wait_for(ids.last().context("no messages")?).await?;
+    // Whatever the last delivery still sets off (acknowledgements) belongs to the messages.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (sent, secs) = (ns.counters()?.since(&c0), t.elapsed().as_secs_f64());
+
+    let idle_rate = idle.bytes() as f64 / idle_secs;
+    let per_msg = (sent.bytes() as f64 - idle_rate * secs) / n as f64;
+    let event = mean_pdu_bytes(&pair.b_dir.path().join("meshserver.db"), &ids)?;
+    let ratio = per_msg / event;
+    let pkts = (sent.packets() as f64 - idle.packets() as f64 / idle_secs * secs) / n as f64;
+    rows.push(Row {
+        metric: format!("wire bytes per message A -> B ({n} messages)"),
+        value: format!("{per_msg:.0} B ({ratio:.2}x event)"),
+        target: "<= 2x event bytes",
+        met: ratio <= 2.0,
+        note: format!(
+            "veth frames both ways, idle rate subtracted; A->B {:.0} B, B->A {:.0} B, {pkts:.1} packets",
+            sent.tx as f64 / n as f64,
+            sent.rx as f64 / n as f64,
+        ),
+    });
+    rows.push(Row {
+        metric: "  event size (signed PDU JSON as B stores it), mean".into(),
+        value: format!("{event:.0} B"),
+        target: "-",
+        met: true,
+        note: "events.json on B, canonical JSON with hashes and signatures".into(),
+    });
+    rows.push(Row {
+        metric: format!("idle traffic between two connected nodes ({:.0} s)", idle_secs),
+        value: format!("{:.0} B/min", idle_rate * 60.0),
+        target: "-",
+        met: true,
+        note: format!(
+            "{:.1} packets/min, mDNS off",
+            idle.packets() as f64 / idle_secs * 60.0
+        ),
+    });
+    drop(pair);
+    Ok(())
+}
+
+/// Mean size in bytes of the stored PDU JSON of `ids` in a node's database.
+fn mean_pdu_bytes(db: &std::path::Path, ids: &[String]) -> anyhow::Result<f64> {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut stmt = conn.prepare("SELECT length(CAST(json AS BLOB)) FROM events WHERE event_id = ?1")?;
+    let mut total = 0i64;
+    for id in ids {
+        total += stmt
+            .query_row([id], |r| r.get::<_, i64>(0))
+            .with_context(|| format!("B does not hold {id}"))?;
+    }
+    ensure!(!ids.is_empty(), "no events to measure");
+    Ok(total as f64 / ids.len() as f64)
+}
