@@ -80,6 +80,12 @@ pub struct Config {
     pub p2p_listen: Vec<Multiaddr>,
     pub peers: Vec<Multiaddr>,
     pub mdns: bool,
+    /// Learn peers' addresses from identify, the DHT and mDNS (static peers always are).
+    /// Off only where a harness must be the one path between nodes (simulations/).
+    pub learn_peer_addresses: bool,
+    /// Replicate rooms over gossipsub; off, events travel only as the outbox's direct
+    /// heads from their origin (the simulator's full-mesh baseline).
+    pub gossip: bool,
 }
 
 impl Config {
@@ -122,6 +128,8 @@ impl Config {
             p2p_listen: multiaddrs("p2p_listen", s.p2p_listen.unwrap_or_else(default_p2p_listen))?,
             peers: multiaddrs("peers", s.peers.unwrap_or_default())?,
             mdns: s.mdns.unwrap_or(true),
+            learn_peer_addresses: true,
+            gossip: true,
         })
     }
 

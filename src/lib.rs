@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod netem;
 pub mod node;
 pub mod notifier;
 pub mod p2p;

@@ -60,7 +60,7 @@ impl Node {
         config.client_listen = client_addr;
         let (services, commands) = open_services(config)?;
         let services = Arc::new(services);
-        crate::p2p::swarm::spawn(services.clone(), commands).await?;
+        let swarm = crate::p2p::swarm::spawn(services.clone(), commands).await?;
         let app = api::router(services.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -73,6 +73,7 @@ impl Node {
             }
         });
         let background = vec![
+            swarm,
             tokio::spawn(crate::typing::run_expiry(services.typing.clone())),
             tokio::spawn(services.db.clone().run_checkpoints()),
             tokio::spawn(crate::p2p::replicate::run_publisher(services.clone())),

@@ -72,7 +72,11 @@ impl Mdns {
         Ok(Mdns { daemon, stop })
     }
 
-    pub fn stop(self) {
+}
+
+/// Dropped with the swarm task (also when it is aborted): stop announcing and browsing.
+impl Drop for Mdns {
+    fn drop(&mut self) {
         let _ = self.stop.send(true);
         let _ = self.daemon.shutdown();
     }

@@ -7,23 +7,25 @@
 //! off as a whole (jittered, 250 ms doubling to 4 s, never given up on); seeing the peer
 //! again ([`PeerEvent::Seen`]) makes everything it is owed due at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ruma::{OwnedServerName, OwnedUserId};
-use serde_json::{Map, Value, json};
+use ruma::OwnedServerName;
+use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinSet;
 
+mod to_device;
+
 use super::PeerEvent;
 use super::wire::{self, Request, Response};
+use crate::Error;
 use crate::api::account::now_ms;
 use crate::services::AppState;
 use crate::storage::events::forward_extremities;
 use crate::storage::outbox::{self as store, Message, RoomHead};
-use crate::{Error, Result};
 
 /// Most rows of each table one destination's task reads at a time.
 const BATCH: usize = 64;
@@ -35,9 +37,6 @@ const IDLE: Duration = Duration::from_secs(30);
 /// How long a destination's task pauses after its storage failed, so a broken database
 /// is not retried in a tight loop.
 const FAILURE_PAUSE: Duration = Duration::from_secs(1);
-/// Room for a to-device EDU's envelope (`sender`, `type`, `message_id`, the request's tags)
-/// within the request frame limit, beyond the event type and sender themselves.
-const ENVELOPE_BYTES: usize = 1024;
 
 /// Errors after which resending the same row cannot succeed: it is dropped. M_FORBIDDEN
 /// on heads means the peer has no member left in the room.
@@ -327,88 +326,7 @@ fn message_request(m: &Message) -> Option<Request> {
     }
 }
 
-/// Messages for one remote user: device ID (or `*`) → content.
-pub type UserMessages = BTreeMap<String, Map<String, Value>>;
-
-/// Packs to-device messages for remote users into `m.direct_to_device` EDU contents,
-/// `(destination, content)`, each small enough for one request frame: one per destination
-/// unless that is too big. `message_id`s derive from `txn` (unique per sender: its device
-/// and transaction), so the receiver can tell a resent EDU from a new one. A single
-/// message too big for a frame is `M_TOO_LARGE`.
-pub fn to_device_edus(
-    sender: &str,
-    event_type: &str,
-    txn: &str,
-    messages: Vec<(OwnedUserId, UserMessages)>,
-) -> Result<Vec<(String, Value)>> {
-    let size = |v: &str| serde_json::to_string(v).map_or(v.len(), |j| j.len());
-    let budget =
-        (wire::MAX_REQUEST_BYTES as usize).saturating_sub(ENVELOPE_BYTES + size(sender) + size(event_type));
-    let mut per_dest: BTreeMap<String, Vec<(OwnedUserId, UserMessages)>> = BTreeMap::new();
-    for (user, devices) in messages {
-        per_dest
-            .entry(user.server_name().to_string())
-            .or_default()
-            .push((user, devices));
-    }
-    let mut out = Vec::new();
-    for (dest, users) in per_dest {
-        let mut chunk: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-        let mut used = 0;
-        for (user, device, content) in users
-            .into_iter()
-            .flat_map(|(u, devices)| devices.into_iter().map(move |(d, c)| (u.to_string(), d, c)))
-        {
-            // Each entry is counted with its own user key: an overestimate, never under.
-            let cost = size(&user) + size(&device) + serde_json::to_string(&content)?.len() + 8;
-            if cost > budget {
-                return Err(Error::too_large(format!(
-                    "a to-device message for {user} is over the {} byte peer frame limit",
-                    wire::MAX_REQUEST_BYTES
-                )));
-            }
-            if used + cost > budget {
-                out.push(edu(
-                    sender,
-                    event_type,
-                    txn,
-                    &dest,
-                    out.len(),
-                    std::mem::take(&mut chunk),
-                ));
-                used = 0;
-            }
-            used += cost;
-            chunk
-                .entry(user)
-                .or_default()
-                .insert(device, Value::Object(content));
-        }
-        if !chunk.is_empty() {
-            out.push(edu(sender, event_type, txn, &dest, out.len(), chunk));
-        }
-    }
-    Ok(out)
-}
-
-fn edu(
-    sender: &str,
-    event_type: &str,
-    txn: &str,
-    dest: &str,
-    n: usize,
-    messages: BTreeMap<String, Map<String, Value>>,
-) -> (String, Value) {
-    let seed = format!("{sender}\n{txn}\n{dest}\n{n}");
-    let message_id = blake3::hash(seed.as_bytes()).to_hex()[..32].to_owned();
-    let content = json!({
-        "sender": sender,
-        "type": event_type,
-        "message_id": message_id,
-        "messages": messages,
-    });
-    (dest.to_owned(), content)
-}
-
 #[cfg(test)]
 mod tests;
+
+pub use to_device::{UserMessages, to_device_edus};

@@ -81,7 +81,7 @@ fn rpc_behaviour(p: Protocol) -> rr::Behaviour<Codec> {
     rr::Behaviour::with_codec(Codec, [(p.stream_protocol(), ProtocolSupport::Full)], cfg)
 }
 
-fn build_behaviour(key: &libp2p::identity::Keypair) -> anyhow::Result<Behaviour> {
+fn build_behaviour(key: &libp2p::identity::Keypair, learn_addrs: bool) -> anyhow::Result<Behaviour> {
     let local = key.public().to_peer_id();
     let gossip_cfg = gossipsub::ConfigBuilder::default()
         .validation_mode(ValidationMode::Strict)
@@ -100,7 +100,12 @@ fn build_behaviour(key: &libp2p::identity::Keypair) -> anyhow::Result<Behaviour>
     kad.set_mode(Some(kad::Mode::Server));
     Ok(Behaviour {
         gossipsub,
-        identify: identify::Behaviour::new(identify::Config::new("/meshserver/1".into(), key.public())),
+        // Without address learning, peers must not hear (or cache) our listen addresses either.
+        identify: identify::Behaviour::new(
+            identify::Config::new("/meshserver/1".into(), key.public())
+                .with_hide_listen_addrs(!learn_addrs)
+                .with_cache_size(if learn_addrs { 100 } else { 0 }),
+        ),
         ping: ping::Behaviour::default(),
         kad,
         join: rpc_behaviour(Protocol::Join),
@@ -151,13 +156,18 @@ struct Task {
     commands: mpsc::Sender<Command>,
 }
 
-/// Builds the swarm, starts listening and spawns the task.
-pub async fn spawn(services: AppState, commands: mpsc::Receiver<Command>) -> anyhow::Result<()> {
+/// Builds the swarm, starts listening and spawns the task. The caller aborts the returned
+/// task to stop the network: `Services` keeps a command sender, so the channel never closes.
+pub async fn spawn(
+    services: AppState,
+    commands: mpsc::Receiver<Command>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let key = peer_id::keypair(&services.identity);
+    let learn_addrs = services.config.learn_peer_addresses;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
         .with_tokio()
         .with_quic()
-        .with_behaviour(|k| build_behaviour(k).map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string())))?
+        .with_behaviour(|k| build_behaviour(k, learn_addrs).map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string())))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     let p2p = services.p2p.clone();
@@ -212,8 +222,9 @@ pub async fn spawn(services: AppState, commands: mpsc::Receiver<Command>) -> any
             Err(e) => tracing::warn!(error = %e, "mDNS discovery unavailable"),
         }
     }
-    tokio::spawn(task.run(commands));
-    Ok(())
+    // The span names the node in its swarm's logs (simulations/ counts gossip duplicates by it).
+    let span = tracing::info_span!("swarm", node = %p2p.local_peer_id());
+    Ok(tokio::spawn(tracing::Instrument::instrument(task.run(commands), span)))
 }
 
 impl Task {
@@ -230,13 +241,11 @@ impl Task {
                 _ = redial.tick() => self.redial(),
             }
         }
-        if let Some(m) = self.mdns.take() {
-            m.stop();
-        }
     }
 
     fn on_command(&mut self, c: Command) {
         match c {
+            Command::Publish { .. } | Command::Subscribe { .. } if !self.services.config.gossip => {}
             Command::Request { peer, req, reply } => self.send_request(Pending {
                 peer,
                 req,
@@ -407,7 +416,9 @@ impl Task {
         if peer == *self.swarm.local_peer_id() {
             return;
         }
-        self.learn(peer, &routable(&addrs));
+        if self.services.config.learn_peer_addresses {
+            self.learn(peer, &routable(&addrs));
+        }
         if let Some(server) = peer_id::server_name_of(&peer) {
             self.p2p.emit(PeerEvent::Seen(server));
         }
@@ -477,6 +488,9 @@ impl Task {
     }
 
     async fn subscribe_joined_rooms(&mut self) {
+        if !self.services.config.gossip {
+            return;
+        }
         let rooms = self
             .services
             .db
@@ -541,13 +555,17 @@ impl Task {
                 message,
             }) => self.on_gossip(propagation_source, message_id, message),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                self.learn(peer_id, &routable(&info.listen_addrs));
+                if self.services.config.learn_peer_addresses {
+                    self.learn(peer_id, &routable(&info.listen_addrs));
+                }
                 if let Some(server) = peer_id::server_name_of(&peer_id) {
                     self.p2p.emit(PeerEvent::Seen(server));
                 }
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. }) => {
-                if let kad::QueryResult::GetClosestPeers(Ok(ok)) = &result {
+                if let kad::QueryResult::GetClosestPeers(Ok(ok)) = &result
+                    && self.services.config.learn_peer_addresses
+                {
                     for p in &ok.peers {
                         self.learn(p.peer_id, &p.addrs);
                     }

@@ -396,3 +396,66 @@ async fn a_server_outside_a_room_cannot_fetch_its_events() {
         other => panic!("member refused: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_gap_reaching_back_before_the_join_is_jumped() {
+    let nodes = mesh(2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = a.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let mut old = Vec::new();
+    for i in 0..3 {
+        old.push(a.send_text(&alice, &room, &format!("old {i}")).await);
+    }
+    join_via(b, &bob, &room, a, &alice).await;
+
+    // A fork off the last event before bob's join, as if alice had written it concurrently.
+    let (room_id, alice_id, parent) = (
+        RoomId::parse(&room).expect("room"),
+        alice.user_id.clone(),
+        old[2].clone(),
+    );
+    let identity = services(a).identity.clone();
+    let fork = services(a)
+        .db
+        .write(move |tx| {
+            let sender = UserId::parse(alice_id).expect("user");
+            let ev = NewEvent::message("m.room.message", json!({"msgtype": "m.text", "body": "fork"}));
+            let (rules, mut unsigned) = build_unsigned(tx, &room_id, &sender, ev)?;
+            let depth = meshserver::storage::events::max_depth(tx, std::slice::from_ref(&parent))? + 1;
+            unsigned["prev_events"] = json!([parent]);
+            unsigned["depth"] = json!(depth);
+            let pdu = sign(&identity, &rules, unsigned)?;
+            meshserver::room::ingest::ingest(tx, &identity, pdu.json.clone())?;
+            Ok(pdu.event_id.to_string())
+        })
+        .await
+        .expect("fork stored on A");
+
+    // B lacks the fork's parent, from before it joined: it stores the fork on the state
+    // before it rather than replaying old history as new.
+    wait_until(WAIT, || async { holds(b, &fork).await }).await;
+    for id in &old {
+        assert!(
+            !holds(b, id).await,
+            "B walked back into history from before its join"
+        );
+    }
+    wait_until(WAIT, || async {
+        current_state(a, &room).await == current_state(b, &room).await
+    })
+    .await;
+}
+
+async fn current_state(node: &TestNode, room: &str) -> Vec<(String, String, String)> {
+    let room = room.to_owned();
+    let state = services(node)
+        .db
+        .read(move |c| meshserver::storage::state::current_state_ids(c, &room))
+        .await
+        .expect("state");
+    let mut out: Vec<_> = state.into_iter().map(|((t, k), e)| (t, k, e)).collect();
+    out.sort();
+    out
+}

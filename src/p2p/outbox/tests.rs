@@ -1,5 +1,6 @@
 //! Packing to-device messages into EDUs that fit the peer frame limit.
 
+use ruma::OwnedUserId;
 use serde_json::{Map, Value, json};
 
 use super::*;

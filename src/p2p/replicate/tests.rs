@@ -368,26 +368,3 @@ async fn state_before_an_event_with_its_auth_chain() {
     assert_eq!(ids(pdus), current);
     assert_eq!(ids(auth_chain), auth_chain_ids);
 }
-
-#[tokio::test]
-async fn tmp_timing_1000() {
-    let (a, b) = (node(1), node(2));
-    let alice = a.user("alice");
-    let room = a.create(&alice, json!({"preset": "public_chat"})).await;
-    b.take_all(&a).await;
-    for i in 0..1000 {
-        a.send(&room, &alice, NewEvent::message("m.room.message", json!({"body": format!("m{i}")}))).await;
-    }
-    let all = a.pdus().await;
-    let rules = ruma::room_version_rules::RoomVersionRules::V12;
-    let batch: Vec<(String, WirePdu)> = all.into_iter().filter_map(|p| keyed(&rules, room.as_str(), p)).collect();
-    let start = std::time::Instant::now();
-    let order = dependency_order(batch);
-    let id = b.id.clone();
-    let n = b.db.write(move |tx| {
-        let mut n = 0;
-        for (_, p) in order { if matches!(ingest(tx, &id, p)?, Outcome::Stored{..}) { n += 1; } }
-        Ok(n)
-    }).await.unwrap();
-    eprintln!("ingested {n} in {:?}", start.elapsed());
-}
