@@ -51,7 +51,7 @@ const SMOKE: Plan = Plan {
     catchup_messages: 20,
     catchup_runs: 1,
     long_outage: Duration::from_secs(12),
-    wire_messages: 10,
+    wire_messages: 200,
     wire_settle: Duration::from_millis(500),
     wire_idle: Duration::from_secs(1),
 };

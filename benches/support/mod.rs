@@ -66,7 +66,7 @@ impl NodeProcess {
             .env_remove("MESHSERVER_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log_sink(data_dir)?);
         // A benchmark killed outright must not leave nodes behind (inside namespaces, they would
         // keep them alive).
         // SAFETY: prctl is async-signal-safe and touches only the child's own attributes.
@@ -132,6 +132,23 @@ impl NodeProcess {
         let kib = line.split_whitespace().nth(1).context("empty VmRSS line")?;
         Ok(kib.parse()?)
     }
+}
+
+/// Where a node's log goes: nowhere, unless `MESHSERVER_BENCH_LOGS` names a directory (for
+/// finding out why a figure is what it is; `RUST_LOG` reaches the node as usual). One file per
+/// data dir, appended to across restarts.
+fn log_sink(data_dir: &Path) -> anyhow::Result<Stdio> {
+    let Some(dir) = std::env::var_os("MESHSERVER_BENCH_LOGS") else {
+        return Ok(Stdio::null());
+    };
+    let name = data_dir.file_name().context("data dir has no name")?;
+    let path = Path::new(&dir).join(name).with_extension("log");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok(file.into())
 }
 
 /// A loopback TCP port nobody is listening on at the moment.

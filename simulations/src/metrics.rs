@@ -118,6 +118,39 @@ pub struct Summary {
     pub db_bytes_mean: u64,
     pub db_bytes_max: u64,
     pub max_timeline_lag_ms: f64,
+    /// Every relay's counters over the variant's whole life (setup included).
+    pub wire: WireTotals,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WireTotals {
+    pub offered_datagrams: u64,
+    pub offered_bytes: u64,
+    pub delivered_datagrams: u64,
+    pub delivered_bytes: u64,
+    pub lost: u64,
+    pub cut: u64,
+    pub overflow: u64,
+    pub stray: u64,
+}
+
+fn wire_totals(raw: &Raw) -> WireTotals {
+    let mut w = WireTotals::default();
+    for (f, b) in raw.stats_end.values() {
+        for r in [f, b] {
+            for d in [r.forward, r.backward] {
+                w.offered_datagrams += d.offered_datagrams;
+                w.offered_bytes += d.offered_bytes;
+                w.delivered_datagrams += d.delivered_datagrams;
+                w.delivered_bytes += d.delivered_bytes;
+                w.lost += d.lost;
+                w.cut += d.cut;
+                w.overflow += d.overflow;
+            }
+            w.stray += r.stray;
+        }
+    }
+    w
 }
 
 pub struct Metrics {
@@ -303,6 +336,7 @@ pub fn compute(raw: &Raw, plan: &Plan) -> Metrics {
         db_bytes_mean: raw.db_bytes.iter().sum::<u64>() / raw.n.max(1) as u64,
         db_bytes_max: raw.db_bytes.iter().copied().max().unwrap_or(0),
         max_timeline_lag_ms: raw.max_lag_ms,
+        wire: wire_totals(raw),
     };
     Metrics {
         summary,

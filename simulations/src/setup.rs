@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::cluster::Cluster;
+use crate::scenario::Variant;
 use crate::schedule::{Plan, RoomPlan};
 
 /// Nodes started at once.
@@ -152,22 +153,31 @@ async fn join_one(
 ) {
     let mut last = String::new();
     for attempt in 0..JOIN_ATTEMPTS {
-        let servers: Vec<_> = via(c, k, node, parent, creator, joined)
-            .iter()
-            .map(|&v| c.slots[v].server.clone())
-            .collect();
-        let Some(s) = c.services(node).await else {
-            last = "node is down".into();
-            break;
-        };
-        match join_remote(&s, &c.slots[node].user, room.as_str(), &servers, None).await {
-            Ok(_) => {
-                if let Ok(mut j) = joined.lock() {
-                    j[k].insert(node, Instant::now());
+        // One candidate at a time, so the node that let the member in is known.
+        for v in via(c, k, node, parent, creator, joined) {
+            let Some(s) = c.services(node).await else {
+                last = "node is down".into();
+                break;
+            };
+            let server = [c.slots[v].server.clone()];
+            match join_remote(&s, &c.slots[node].user, room.as_str(), &server, None).await {
+                Ok(_) => {
+                    let others: Vec<usize> = match joined.lock() {
+                        Ok(mut j) => {
+                            j[k].insert(node, Instant::now());
+                            j[k].keys().copied().filter(|&m| m != node && m != v).collect()
+                        }
+                        Err(_) => Vec::new(),
+                    };
+                    if c.variant == Variant::Fullmesh
+                        && let Some(resident) = c.services(v).await
+                    {
+                        announce(c, &resident, room, &others).await;
+                    }
+                    return;
                 }
-                return;
+                Err(e) => last = e.message,
             }
-            Err(e) => last = e.message,
         }
         tokio::time::sleep(Duration::from_millis(500 * (attempt as u64 + 1))).await;
     }
@@ -199,4 +209,29 @@ pub async fn wait_members_seen(c: &Cluster, plan: &Plan, room_ids: &[OwnedRoomId
             }
         }
     }
+}
+
+/// The full-mesh baseline has no gossip, and a join reaches the other members only by
+/// gossip from the node that let it in (neither node's outbox carries it; the joining
+/// node's heads would be refused by members that do not know it joined): that node
+/// announces its heads to every member, as a naive fan-out would.
+async fn announce(c: &Cluster, s: &meshserver::services::AppState, room: &OwnedRoomId, members: &[usize]) {
+    let r = room.to_string();
+    let Ok(extremities) = s
+        .db
+        .read(move |conn| meshserver::storage::events::forward_extremities(conn, &r))
+        .await
+    else {
+        return;
+    };
+    let mut set = JoinSet::new();
+    for &m in members {
+        let (s, server) = (s.clone(), c.slots[m].server.clone());
+        let req = meshserver::p2p::wire::Request::Heads {
+            room_id: room.to_string(),
+            extremities: extremities.clone(),
+        };
+        set.spawn(async move { s.p2p.request(&server, req).await });
+    }
+    while set.join_next().await.is_some() {}
 }

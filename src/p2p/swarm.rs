@@ -74,14 +74,18 @@ impl Behaviour {
     }
 }
 
-fn rpc_behaviour(p: Protocol) -> rr::Behaviour<Codec> {
+fn rpc_behaviour(p: Protocol, counters: &Arc<super::Counters>) -> rr::Behaviour<Codec> {
     let cfg = rr::Config::default()
         .with_request_timeout(super::REQUEST_TIMEOUT)
         .with_max_concurrent_streams(MAX_INBOUND_IN_FLIGHT);
-    rr::Behaviour::with_codec(Codec, [(p.stream_protocol(), ProtocolSupport::Full)], cfg)
+    rr::Behaviour::with_codec(Codec::counting(counters.clone()), [(p.stream_protocol(), ProtocolSupport::Full)], cfg)
 }
 
-fn build_behaviour(key: &libp2p::identity::Keypair, learn_addrs: bool) -> anyhow::Result<Behaviour> {
+fn build_behaviour(
+    key: &libp2p::identity::Keypair,
+    learn_addrs: bool,
+    counters: &Arc<super::Counters>,
+) -> anyhow::Result<Behaviour> {
     let local = key.public().to_peer_id();
     let gossip_cfg = gossipsub::ConfigBuilder::default()
         .validation_mode(ValidationMode::Strict)
@@ -108,18 +112,18 @@ fn build_behaviour(key: &libp2p::identity::Keypair, learn_addrs: bool) -> anyhow
         ),
         ping: ping::Behaviour::default(),
         kad,
-        join: rpc_behaviour(Protocol::Join),
-        invite: rpc_behaviour(Protocol::Invite),
-        events: rpc_behaviour(Protocol::Events),
-        missing: rpc_behaviour(Protocol::Missing),
-        state: rpc_behaviour(Protocol::State),
-        backfill: rpc_behaviour(Protocol::Backfill),
-        heads: rpc_behaviour(Protocol::Heads),
-        directory: rpc_behaviour(Protocol::Directory),
-        profile: rpc_behaviour(Protocol::Profile),
-        keys: rpc_behaviour(Protocol::Keys),
-        devices: rpc_behaviour(Protocol::Devices),
-        to_device: rpc_behaviour(Protocol::ToDevice),
+        join: rpc_behaviour(Protocol::Join, counters),
+        invite: rpc_behaviour(Protocol::Invite, counters),
+        events: rpc_behaviour(Protocol::Events, counters),
+        missing: rpc_behaviour(Protocol::Missing, counters),
+        state: rpc_behaviour(Protocol::State, counters),
+        backfill: rpc_behaviour(Protocol::Backfill, counters),
+        heads: rpc_behaviour(Protocol::Heads, counters),
+        directory: rpc_behaviour(Protocol::Directory, counters),
+        profile: rpc_behaviour(Protocol::Profile, counters),
+        keys: rpc_behaviour(Protocol::Keys, counters),
+        devices: rpc_behaviour(Protocol::Devices, counters),
+        to_device: rpc_behaviour(Protocol::ToDevice, counters),
     })
 }
 
@@ -164,10 +168,11 @@ pub async fn spawn(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let key = peer_id::keypair(&services.identity);
     let learn_addrs = services.config.learn_peer_addresses;
+    let counters = services.p2p.counters.clone();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
         .with_tokio()
         .with_quic()
-        .with_behaviour(|k| build_behaviour(k, learn_addrs).map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string())))?
+        .with_behaviour(|k| build_behaviour(k, learn_addrs, &counters).map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string())))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     let p2p = services.p2p.clone();

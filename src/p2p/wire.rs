@@ -244,9 +244,31 @@ impl From<crate::Error> for Response {
     }
 }
 
-/// The request-response codec: one JSON document per frame, capped per protocol.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Codec;
+/// The request-response codec: one JSON document per frame, capped per protocol. Frames
+/// that fail to decode are counted in `bad_frames` and logged: libp2p drops a request that
+/// fails to read without telling the behaviour, so the codec is the only place to see it.
+#[derive(Debug, Clone, Default)]
+pub struct Codec {
+    counters: Option<std::sync::Arc<super::Counters>>,
+}
+
+impl Codec {
+    pub fn counting(counters: std::sync::Arc<super::Counters>) -> Codec {
+        Codec {
+            counters: Some(counters),
+        }
+    }
+
+    fn refused<T>(&self, protocol: &StreamProtocol, r: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &r {
+            if let Some(c) = &self.counters {
+                super::Counters::bump(&c.bad_frames);
+            }
+            tracing::warn!(protocol = protocol.as_ref(), error = %e, "refused a peer's frame");
+        }
+        r
+    }
+}
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
@@ -288,9 +310,13 @@ impl libp2p::request_response::Codec for Codec {
         protocol: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Request> {
-        let p = protocol_of(protocol)?;
-        let frame = read_capped(io, MAX_REQUEST_BYTES).await?;
-        decode_request(p, &frame)
+        let r = async {
+            let p = protocol_of(protocol)?;
+            let frame = read_capped(io, MAX_REQUEST_BYTES).await?;
+            decode_request(p, &frame)
+        }
+        .await;
+        self.refused(protocol, r)
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -298,9 +324,13 @@ impl libp2p::request_response::Codec for Codec {
         protocol: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Response> {
-        let p = protocol_of(protocol)?;
-        let frame = read_capped(io, p.max_response()).await?;
-        serde_json::from_slice(&frame).map_err(invalid)
+        let r = async {
+            let p = protocol_of(protocol)?;
+            let frame = read_capped(io, p.max_response()).await?;
+            serde_json::from_slice(&frame).map_err(invalid)
+        }
+        .await;
+        self.refused(protocol, r)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(

@@ -9,3 +9,4 @@ mod e2ee;
 mod replication;
 mod join;
 mod outbox;
+mod convergence;

@@ -38,7 +38,6 @@ pub async fn jump(
     servers: &[OwnedServerName],
 ) -> bool {
     let mut progress = false;
-    if !frontier.is_empty() { return false; }
     for (event_id, pdu) in frontier.iter().take(MAX_JUMPS) {
         for server in servers {
             let req = Request::State {

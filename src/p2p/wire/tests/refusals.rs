@@ -26,13 +26,13 @@ fn padded_request(len: usize) -> Vec<u8> {
 }
 
 async fn read_request(protocol: Protocol, frame: Vec<u8>) -> io::Result<Request> {
-    Codec
+    Codec::default()
         .read_request(&protocol.stream_protocol(), &mut Cursor::new(frame))
         .await
 }
 
 async fn read_response(protocol: Protocol, frame: Vec<u8>) -> io::Result<Response> {
-    Codec
+    Codec::default()
         .read_response(&protocol.stream_protocol(), &mut Cursor::new(frame))
         .await
 }
@@ -49,13 +49,13 @@ async fn a_request_on_another_protocol_is_refused() {
     assert_eq!(read_request(Protocol::Heads, frame).await.unwrap(), heads());
     // An unknown protocol ID names no request at all.
     let unknown = StreamProtocol::new("/meshserver/heads/2");
-    let r = Codec
+    let r = Codec::default()
         .read_request(&unknown, &mut Cursor::new(encode(&heads()).unwrap()))
         .await;
     assert!(is_invalid_data(r));
     // A sender refuses to put a request on the wrong protocol, and writes nothing.
     let mut out = Cursor::new(Vec::new());
-    let r = Codec
+    let r = Codec::default()
         .write_request(&Protocol::Events.stream_protocol(), &mut out, heads())
         .await;
     assert!(is_invalid_data(r));
@@ -97,7 +97,7 @@ async fn an_oversize_request_frame_is_refused() {
         event_ids: vec!["$".repeat(1000); cap / 1000 + 1],
     };
     let mut out = Cursor::new(Vec::new());
-    let r = Codec
+    let r = Codec::default()
         .write_request(&Protocol::Events.stream_protocol(), &mut out, huge)
         .await;
     assert!(is_invalid_data(r));
@@ -131,7 +131,7 @@ async fn response_caps_are_per_protocol() {
     // A responder whose answer is over the cap sends M_TOO_LARGE instead.
     let oversize = Response::Body(serde_json::json!({ "displayname": "x".repeat(small) }));
     let mut out = Cursor::new(Vec::new());
-    Codec
+    Codec::default()
         .write_response(&Protocol::Profile.stream_protocol(), &mut out, oversize)
         .await
         .unwrap();
