@@ -119,8 +119,8 @@ fn reap_leftovers() {
 /// Interface byte and packet counters (Ethernet frames, as the kernel counts them).
 #[derive(Clone, Copy)]
 pub struct Counters {
-    pub tx: u64,
-    pub rx: u64,
+    tx: u64,
+    rx: u64,
     tx_packets: u64,
     rx_packets: u64,
 }
@@ -135,12 +135,47 @@ impl Counters {
         }
     }
 
-    pub fn bytes(&self) -> u64 {
+    /// As fractional quantities, each multiplied by `k` (`1 / seconds` gives a rate).
+    pub fn scaled(&self, k: f64) -> Rates {
+        Rates {
+            tx: self.tx as f64 * k,
+            rx: self.rx as f64 * k,
+            packets: (self.tx_packets + self.rx_packets) as f64 * k,
+        }
+    }
+}
+
+/// Counters as rates or per-message shares.
+#[derive(Clone, Copy)]
+pub struct Rates {
+    pub tx: f64,
+    pub rx: f64,
+    packets: f64,
+}
+
+impl Rates {
+    pub fn times(&self, k: f64) -> Rates {
+        Rates {
+            tx: self.tx * k,
+            rx: self.rx * k,
+            packets: self.packets * k,
+        }
+    }
+
+    pub fn minus(&self, other: &Rates) -> Rates {
+        Rates {
+            tx: self.tx - other.tx,
+            rx: self.rx - other.rx,
+            packets: self.packets - other.packets,
+        }
+    }
+
+    pub fn bytes(&self) -> f64 {
         self.tx + self.rx
     }
 
-    pub fn packets(&self) -> u64 {
-        self.tx_packets + self.rx_packets
+    pub fn packets(&self) -> f64 {
+        self.packets
     }
 }
 

@@ -75,6 +75,8 @@ pub struct Raw {
     pub rss_started: u64,
     pub rss_end: u64,
     pub db_bytes: Vec<u64>,
+    /// Per node: peers connected when the run ended (`None`: the node was down).
+    pub peers_at_end: Vec<Option<usize>>,
     /// Largest delay of a timeline action behind its planned time, ms.
     pub max_lag_ms: f64,
 }
@@ -257,6 +259,13 @@ pub async fn run(s: &Scenario, plan: &Plan, variant: Variant, seed: u64, dir: &P
         });
     }
     let db_bytes = c.slots.iter().map(|s| observe::db_bytes(&s.dir)).collect();
+    let mut peers_at_end = Vec::new();
+    for i in 0..n {
+        peers_at_end.push(match c.services(i).await {
+            Some(s) => Some(s.p2p.info().await.peers.len()),
+            None => None,
+        });
+    }
     c.stop_all().await;
     Ok(Raw {
         variant,
@@ -282,6 +291,7 @@ pub async fn run(s: &Scenario, plan: &Plan, variant: Variant, seed: u64, dir: &P
         rss_started,
         rss_end,
         db_bytes,
+        peers_at_end,
         max_lag_ms,
     })
 }

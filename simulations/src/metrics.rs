@@ -50,6 +50,8 @@ pub struct NodeRow {
     pub deliveries: usize,
     pub duplicates: u64,
     pub db_bytes: u64,
+    /// Peers connected at the end of the run (links it has: `degree`).
+    pub peers_at_end: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -394,6 +396,7 @@ fn node_rows(raw: &Raw, plan: &Plan, sent: usize, deliveries: &[Delivery]) -> Ve
             deliveries: got.get(&i).copied().unwrap_or(0),
             duplicates: raw.duplicates[i].values().map(|&c| c as u64).sum(),
             db_bytes: raw.db_bytes[i],
+            peers_at_end: raw.peers_at_end[i],
         })
         .collect()
 }

@@ -52,7 +52,7 @@ pub enum Command {
     Validated {
         msg_id: libp2p::gossipsub::MessageId,
         source: PeerId,
-        accept: bool,
+        verdict: Verdict,
     },
     Dial { peer: Option<PeerId>, addr: Multiaddr },
     /// Local discovery (mDNS) saw a peer at these addresses.
@@ -73,6 +73,18 @@ pub struct PeerInfo {
     pub peer_id: String,
     pub server_name: Option<String>,
     pub addrs: Vec<String>,
+}
+
+/// What becomes of a gossip message once checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid and stored: forward it.
+    Accept,
+    /// Invalid (forged, malformed, unauthorised): drop it and penalise its sender.
+    Reject,
+    /// Not for us, or not checkable now (its ancestors could not be fetched): drop it
+    /// without blaming the honest peer that relayed it.
+    Ignore,
 }
 
 /// Things other parts of the node react to.
@@ -208,12 +220,12 @@ impl P2p {
             .await;
     }
 
-    pub(crate) async fn validated(&self, msg_id: libp2p::gossipsub::MessageId, source: PeerId, accept: bool) {
+    pub(crate) async fn validated(&self, msg_id: libp2p::gossipsub::MessageId, source: PeerId, verdict: Verdict) {
         let _ = self
             .send(Command::Validated {
                 msg_id,
                 source,
-                accept,
+                verdict,
             })
             .await;
     }

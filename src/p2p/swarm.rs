@@ -291,12 +291,12 @@ impl Task {
             Command::Validated {
                 msg_id,
                 source,
-                accept,
+                verdict,
             } => {
-                let verdict = if accept {
-                    MessageAcceptance::Accept
-                } else {
-                    MessageAcceptance::Reject
+                let verdict = match verdict {
+                    super::Verdict::Accept => MessageAcceptance::Accept,
+                    super::Verdict::Reject => MessageAcceptance::Reject,
+                    super::Verdict::Ignore => MessageAcceptance::Ignore,
                 };
                 self.swarm
                     .behaviour_mut()
@@ -613,8 +613,8 @@ impl Task {
         let p2p = self.p2p.clone();
         let source = message.source.unwrap_or(via);
         tokio::spawn(async move {
-            let accept = super::replicate::on_gossip(&s, source, message.data).await;
-            p2p.validated(msg_id, via, accept).await;
+            let verdict = super::replicate::on_gossip(&s, source, message.data).await;
+            p2p.validated(msg_id, via, verdict).await;
             drop(permit);
         });
     }

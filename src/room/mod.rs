@@ -306,6 +306,14 @@ pub fn persist(
     if soft_failed {
         return Ok(after);
     }
+    // A message whose prev events are exactly the forward extremities extends the room
+    // linearly: its state before is the current state and it changes nothing, so the
+    // current state need not be resolved again (the common case of a catch-up).
+    let linear = pdu.state_key.is_none() && {
+        let extremities = forward_extremities(tx, room)?;
+        extremities.len() == pdu.prev_events.len()
+            && pdu.prev_events.iter().all(|p| extremities.iter().any(|e| e == p.as_str()))
+    };
     for prev in &pdu.prev_events {
         tx.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2")?
             .execute(params![room, prev.as_str()])?;
@@ -325,6 +333,7 @@ pub fn persist(
             // Each origin guarantees delivery of its own events; peers' events are theirs.
             crate::storage::outbox::enqueue_room(tx, identity.server_name(), pdu, stream)?;
         }
+        Origin::Remote if linear => {}
         Origin::Remote => ingest::refresh_current_state(tx, identity, rules, room, stream)?,
     }
     if pdu.kind == TimelineEventType::RoomRedaction

@@ -18,6 +18,7 @@ use crate::p2p::wire::{EDU_PREFIX, Edu, WirePdu, decode_edu, decode_gossip};
 use crate::p2p::{Counters, peer_id};
 use crate::room::ingest::verify;
 use crate::room::{room_version, rules_for};
+use crate::p2p::Verdict;
 use crate::services::AppState;
 use crate::storage::replication::{has_local_member, held};
 use crate::storage::rooms::membership;
@@ -65,18 +66,18 @@ pub fn parse(data: &[u8]) -> Frame {
 }
 
 /// A gossip message published by `source`; returns whether to accept (forward) it.
-pub async fn on_gossip(s: &AppState, source: PeerId, data: Vec<u8>) -> bool {
+pub async fn on_gossip(s: &AppState, source: PeerId, data: Vec<u8>) -> Verdict {
     let source_server = peer_id::server_name_of(&source);
     match parse(&data) {
         Frame::Malformed => {
             Counters::bump(&s.p2p.counters.bad_frames);
             tracing::debug!(%source, "malformed gossip frame");
-            false
+            Verdict::Reject
         }
-        Frame::Create => false,
+        Frame::Create => Verdict::Ignore,
         Frame::Edu(edu) => match source_server {
             Some(origin) => on_edu(s, origin, edu).await,
-            None => false,
+            None => Verdict::Reject,
         },
         Frame::Pdu {
             claimed_id,
@@ -92,7 +93,7 @@ async fn on_pdu(
     claimed_id: String,
     room_id: String,
     pdu: WirePdu,
-) -> bool {
+) -> Verdict {
     let (room, id) = (room_id.clone(), claimed_id.clone());
     let known =
         s.db.read(move |c| {
@@ -105,12 +106,12 @@ async fn on_pdu(
         .await;
     let version = match known {
         // Not our room: not an attack, just not for us.
-        Ok(None) | Err(_) => return false,
-        Ok(Some((_, true))) => return true,
+        Ok(None) | Err(_) => return Verdict::Ignore,
+        Ok(Some((_, true))) => return Verdict::Accept,
         Ok(Some((v, false))) => v,
     };
     let Ok(rules) = rules_for(&version) else {
-        return false;
+        return Verdict::Ignore;
     };
     let Some(event) = keyed(&rules, &room_id, pdu).filter(|(id, _)| *id == claimed_id) else {
         Counters::bump(&s.p2p.counters.rejected_events);
@@ -119,7 +120,7 @@ async fn on_pdu(
             ?source,
             "gossiped event's ID does not match its content"
         );
-        return false;
+        return Verdict::Reject;
     };
     // Signatures first, before taking the write lock: forgeries cost no transaction.
     let intact = match verify(&event.1, &rules) {
@@ -127,7 +128,7 @@ async fn on_pdu(
         Err(reason) => {
             Counters::bump(&s.p2p.counters.rejected_events);
             tracing::warn!(claimed_id, ?source, reason, "rejected a gossiped event");
-            return false;
+            return Verdict::Reject;
         }
     };
     if !intact {
@@ -141,10 +142,14 @@ async fn on_pdu(
     }
     let servers = candidates(s, &room_id, source).await.unwrap_or_default();
     match ingest_with_repair(s, &room_id, &rules, vec![event], &servers).await {
-        Ok(fates) => intact && fates.get(&claimed_id) == Some(&Fate::Held),
+        Ok(fates) => match fates.get(&claimed_id) {
+            Some(Fate::Held) if intact => Verdict::Accept,
+            Some(Fate::Held | Fate::Rejected) => Verdict::Reject,
+            _ => Verdict::Ignore,
+        },
         Err(e) => {
             tracing::warn!(claimed_id, error = %e.message, "could not ingest a gossiped event");
-            false
+            Verdict::Ignore
         }
     }
 }
@@ -157,10 +162,10 @@ pub fn edu_origin_ok(edu: &Edu, origin: &ruma::ServerName) -> bool {
     UserId::parse(user.as_str()).is_ok_and(|u| u.server_name() == origin)
 }
 
-async fn on_edu(s: &AppState, origin: OwnedServerName, edu: Edu) -> bool {
+async fn on_edu(s: &AppState, origin: OwnedServerName, edu: Edu) -> Verdict {
     if !edu_origin_ok(&edu, &origin) || origin == s.server_name() {
         tracing::warn!(%origin, "EDU about a user of another server");
-        return false;
+        return Verdict::Reject;
     }
     let (room, user) = match &edu {
         Edu::Typing { room_id, user_id, .. } | Edu::Receipt { room_id, user_id, .. } => {
@@ -173,7 +178,7 @@ async fn on_edu(s: &AppState, origin: OwnedServerName, edu: Edu) -> bool {
         })
         .await;
     if !matches!(member, Ok(true)) {
-        return false;
+        return Verdict::Ignore;
     }
     match edu {
         Edu::Typing {
@@ -183,7 +188,7 @@ async fn on_edu(s: &AppState, origin: OwnedServerName, edu: Edu) -> bool {
             ..
         } => {
             s.typing.set(&room_id, &user_id, typing.then_some(REMOTE_TYPING));
-            true
+            Verdict::Accept
         }
         Edu::Receipt {
             room_id,
@@ -198,13 +203,13 @@ async fn on_edu(s: &AppState, origin: OwnedServerName, edu: Edu) -> bool {
                 .as_ref()
                 .is_none_or(|t| !t.is_empty() && t.len() <= MAX_THREAD_ID);
             if receipt_type != "m.read" || EventId::parse(&event_id).is_err() || !thread_ok {
-                return false;
+                return Verdict::Reject;
             }
             let thread = thread_id.unwrap_or_else(|| UNTHREADED.to_owned());
             let ts = i64::try_from(ts).unwrap_or(i64::MAX);
             s.db.write(move |tx| put_receipt(tx, &room_id, &user_id, "m.read", &thread, &event_id, ts))
                 .await
-                .is_ok()
+                .map_or(Verdict::Ignore, |_| Verdict::Accept)
         }
     }
 }
