@@ -45,7 +45,12 @@ pub struct Settings {
     #[arg(long = "peer", env = "MESHSERVER_PEERS", value_delimiter = ',')]
     pub peers: Option<Vec<String>>,
     /// Discover peers on the LAN by mDNS (default on; `--no-mdns` turns it off).
-    #[arg(long = "no-mdns", env = "MESHSERVER_MDNS", num_args = 0, default_missing_value = "false")]
+    #[arg(
+        long = "no-mdns",
+        env = "MESHSERVER_MDNS",
+        num_args = 0,
+        default_missing_value = "false"
+    )]
     pub mdns: Option<bool>,
 }
 

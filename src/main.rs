@@ -60,8 +60,9 @@ enum UserCommand {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ruma_state_res=warn,libp2p_kad=error")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,ruma_state_res=warn,libp2p_kad=error")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

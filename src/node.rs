@@ -78,6 +78,7 @@ impl Node {
             tokio::spawn(services.db.clone().run_checkpoints()),
             tokio::spawn(crate::p2p::replicate::run_publisher(services.clone())),
             tokio::spawn(crate::p2p::outbox::run(services.clone())),
+            tokio::spawn(crate::p2p::reconcile::run(services.clone())),
         ];
         tracing::info!(server_name = %services.server_name(), %client_addr, "node started");
         Ok(Node {

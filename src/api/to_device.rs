@@ -13,9 +13,9 @@ use serde_json::{Map, Value};
 
 use super::extract::{Auth, JsonBody};
 use super::{client, empty};
+use crate::p2p::outbox::to_device_edus;
 use crate::services::AppState;
 use crate::storage::e2ee::device_ids;
-use crate::p2p::outbox::to_device_edus;
 use crate::storage::events::{put_txn, txn_result};
 use crate::storage::outbox::{enqueue_to_device, reachable};
 use crate::storage::sync::put_to_device;

@@ -71,7 +71,6 @@ impl Mdns {
         tokio::spawn(browse(browser, local, commands, stop_rx));
         Ok(Mdns { daemon, stop })
     }
-
 }
 
 /// Dropped with the swarm task (also when it is aborted): stop announcing and browsing.

@@ -38,9 +38,7 @@ impl TestNode {
     }
 
     pub async fn start_with(dir: tempfile::TempDir, config: Config) -> TestNode {
-        let node = Node::start(config)
-            .await
-            .expect("node starts");
+        let node = Node::start(config).await.expect("node starts");
         let url = node.client_url();
         TestNode {
             node: Some(node),

@@ -82,8 +82,20 @@ async fn concurrent_state_changes_converge_on_all_three_nodes() {
         let pl = json!({"users": {bob.user_id.clone(): 100, carol.user_id.clone(): 100,
                                    "@someone:example.org": 50 + round}});
         let (from_a, from_b, _) = tokio::join!(
-            put_state(a, &alice, &room, "m.room.name", json!({"name": format!("A{round}")})),
-            put_state(b, &bob, &room, "m.room.name", json!({"name": format!("B{round}")})),
+            put_state(
+                a,
+                &alice,
+                &room,
+                "m.room.name",
+                json!({"name": format!("A{round}")})
+            ),
+            put_state(
+                b,
+                &bob,
+                &room,
+                "m.room.name",
+                json!({"name": format!("B{round}")})
+            ),
             put_state(c, &carol, &room, "m.room.power_levels", pl),
         );
         wait_until(PATIENCE, || async {
@@ -166,12 +178,18 @@ async fn an_oversize_frame_is_refused_and_the_node_keeps_serving() {
         .with_tokio()
         .with_quic()
         .with_behaviour(|_| {
-            rr::Behaviour::with_codec(RawCodec, [(protocol.clone(), ProtocolSupport::Full)], rr::Config::default())
+            rr::Behaviour::with_codec(
+                RawCodec,
+                [(protocol.clone(), ProtocolSupport::Full)],
+                rr::Config::default(),
+            )
         })
         .expect("behaviour")
         .build();
     let huge = vec![b'['; 2 * 1024 * 1024];
-    attacker.behaviour_mut().send_request_with_addresses(&peer, huge, vec![target]);
+    attacker
+        .behaviour_mut()
+        .send_request_with_addresses(&peer, huge, vec![target]);
     let outcome = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             match attacker.select_next_some().await {
@@ -186,14 +204,22 @@ async fn an_oversize_frame_is_refused_and_the_node_keeps_serving() {
     })
     .await
     .expect("the node answered or closed the stream");
-    assert!(!outcome.contains("\"events\""), "oversize request was served: {outcome}");
+    assert!(
+        !outcome.contains("\"events\""),
+        "oversize request was served: {outcome}"
+    );
     // Counted, and the node still serves its peers and clients.
     wait_until(PATIENCE, || async {
-        node_info(&nodes[1]).await["rejected"]["frames"].as_u64().unwrap_or(0) >= 1
+        node_info(&nodes[1]).await["rejected"]["frames"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
     })
     .await;
     let alice = nodes[0].register("alice").await;
     let bob = nodes[1].register("bob").await;
-    let room = nodes[0].create_room(&alice, json!({"preset": "public_chat"})).await;
+    let room = nodes[0]
+        .create_room(&alice, json!({"preset": "public_chat"}))
+        .await;
     join_via(&nodes[1], &bob, &room, &nodes[0]).await;
 }

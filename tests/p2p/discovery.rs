@@ -16,11 +16,16 @@ async fn static_peers_connect_and_node_info_reports_them() {
     let peers = a["peers"].as_array().expect("peers");
     assert_eq!(peers.len(), 2, "{a}");
     assert!(
-        peers.iter().any(|p| p["peer_id"] == b["peer_id"] && p["server_name"] == b["server_name"]),
+        peers
+            .iter()
+            .any(|p| p["peer_id"] == b["peer_id"] && p["server_name"] == b["server_name"]),
         "{a} {b}"
     );
     let listen = a["listen_addrs"][0].as_str().expect("listen addr");
-    assert!(listen.starts_with("/ip4/127.0.0.1/udp/") && listen.contains("/quic-v1/p2p/12D3KooW"), "{listen}");
+    assert!(
+        listen.starts_with("/ip4/127.0.0.1/udp/") && listen.contains("/quic-v1/p2p/12D3KooW"),
+        "{listen}"
+    );
 }
 
 #[tokio::test]

@@ -4,9 +4,9 @@
 mod common;
 mod net;
 
+mod convergence;
 mod discovery;
 mod e2ee;
-mod replication;
 mod join;
 mod outbox;
-mod convergence;
+mod replication;

@@ -25,7 +25,15 @@ pub async fn node_info(node: &TestNode) -> Value {
 }
 
 pub async fn peer_count(node: &TestNode) -> usize {
-    node.node.as_ref().expect("running").services.p2p.info().await.peers.len()
+    node.node
+        .as_ref()
+        .expect("running")
+        .services
+        .p2p
+        .info()
+        .await
+        .peers
+        .len()
 }
 
 /// Starts a node whose static peers are `peers` (mDNS off, loopback QUIC on a free port).
@@ -51,7 +59,10 @@ pub async fn mesh(n: usize) -> Vec<TestNode> {
         nodes.push(start_with_peers(&peers).await);
     }
     for node in &nodes {
-        wait_until(Duration::from_secs(20), || async { peer_count(node).await >= n - 1 }).await;
+        wait_until(Duration::from_secs(20), || async {
+            peer_count(node).await >= n - 1
+        })
+        .await;
     }
     nodes
 }

@@ -14,11 +14,11 @@ use ruma::signatures::Verified;
 use ruma::{EventId, OwnedServerName, UserId};
 
 use super::fetch::{Fate, candidates, ingest_with_repair, keyed};
+use crate::p2p::Verdict;
 use crate::p2p::wire::{EDU_PREFIX, Edu, WirePdu, decode_edu, decode_gossip};
 use crate::p2p::{Counters, peer_id};
 use crate::room::ingest::verify;
 use crate::room::{room_version, rules_for};
-use crate::p2p::Verdict;
 use crate::services::AppState;
 use crate::storage::replication::{has_local_member, held};
 use crate::storage::rooms::membership;
