@@ -176,7 +176,12 @@ impl Cluster {
     }
 
     pub async fn services(&self, i: usize) -> Option<meshserver::services::AppState> {
-        self.slots[i].node.read().await.as_ref().map(|n| n.services.clone())
+        self.slots[i]
+            .node
+            .read()
+            .await
+            .as_ref()
+            .map(|n| n.services.clone())
     }
 
     pub fn split(&self, partition: usize, groups: Vec<usize>) {

@@ -125,7 +125,10 @@ pub async fn run(s: &Scenario, plan: &Plan, variant: Variant, seed: u64, dir: &P
             .collect(),
     ));
     let failures = Arc::new(Mutex::new(Vec::new()));
-    setup::join_members(&c, plan, &room_ids, &joined, &failures, |m| !plan.late.contains(&m)).await;
+    setup::join_members(&c, plan, &room_ids, &joined, &failures, |m| {
+        !plan.late.contains(&m)
+    })
+    .await;
     setup::wait_members_seen(&c, plan, &room_ids, &joined).await;
     let setup_s = setup_start.elapsed().as_secs_f64();
     let cpu_setup_s = observe::cpu_seconds() - cpu0;
@@ -232,10 +235,15 @@ pub async fn run(s: &Scenario, plan: &Plan, variant: Variant, seed: u64, dir: &P
         }
     }
     while tasks.join_next().await.is_some() {}
-    let sends: Vec<SendRecord> = sends.lock().map(|v| v.iter().flatten().cloned().collect()).unwrap_or_default();
+    let sends: Vec<SendRecord> = sends
+        .lock()
+        .map(|v| v.iter().flatten().cloned().collect())
+        .unwrap_or_default();
     let joined_now = joined.lock().map(|j| j.clone()).unwrap_or_default();
     let converged = settle(&observer, &sends, &joined_now, s.settle_s).await;
     let end = Instant::now();
+    // One more sample, so the last one shows the converged state.
+    tokio::time::sleep(Duration::from_millis(s.sample_ms + 50)).await;
     let _ = stop_sampler.send(true);
     let samples = sampler.await.unwrap_or_default();
 
@@ -247,7 +255,12 @@ pub async fn run(s: &Scenario, plan: &Plan, variant: Variant, seed: u64, dir: &P
         .iter()
         .map(|m| m.lock().map(|m| m.clone()).unwrap_or_default())
         .collect();
-    let by_peer: HashMap<String, usize> = c.slots.iter().enumerate().map(|(i, s)| (s.peer_id.clone(), i)).collect();
+    let by_peer: HashMap<String, usize> = c
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.peer_id.clone(), i))
+        .collect();
     let mut duplicates = vec![HashMap::new(); n];
     if let Ok(mut d) = observe::duplicates().lock() {
         d.retain(|(peer, event), count| match by_peer.get(peer) {
@@ -315,12 +328,18 @@ async fn send(
     let ev = if state {
         NewEvent::state("m.room.topic", "", json!({ "topic": format!("topic {msg}") }))
     } else {
-        NewEvent::message("m.room.message", json!({ "msgtype": "m.text", "body": body, "sim_msg": msg }))
+        NewEvent::message(
+            "m.room.message",
+            json!({ "msgtype": "m.text", "body": body, "sim_msg": msg }),
+        )
     };
     let identity = s.identity.clone();
-    let r = s
-        .db
-        .write(move |tx| Ok(append_local(tx, &identity, &room, &user, ev, None)?.event_id.to_string()))
+    let r =
+        s.db.write(move |tx| {
+            Ok(append_local(tx, &identity, &room, &user, ev, None)?
+                .event_id
+                .to_string())
+        })
         .await;
     drop(guard);
     r.map(|id| (Instant::now(), id)).map_err(|e| e.message)
@@ -328,16 +347,13 @@ async fn send(
 
 /// Waits until every sent event is stored on every node that was a member when it was
 /// sent, or `limit` seconds pass; returns whether it converged.
-async fn settle(
-    o: &Observer,
-    sends: &[SendRecord],
-    joined: &[BTreeMap<usize, Instant>],
-    limit: f64,
-) -> bool {
+async fn settle(o: &Observer, sends: &[SendRecord], joined: &[BTreeMap<usize, Instant>], limit: f64) -> bool {
     let deadline = Instant::now() + Duration::from_secs_f64(limit);
     loop {
         let done = sends.iter().all(|m| {
-            let (Some(id), Some(at)) = (&m.event_id, m.sent) else { return true };
+            let (Some(id), Some(at)) = (&m.event_id, m.sent) else {
+                return true;
+            };
             joined[m.room]
                 .iter()
                 .filter(|(_, j)| **j <= at)
@@ -378,10 +394,9 @@ fn spawn_sampler(
                 for &node in ids.keys() {
                     let Some(s) = c.services(node).await else { continue };
                     let r = room_ids[room].to_string();
-                    let ids = s
-                        .db
-                        .read(move |conn| meshserver::storage::state::current_state_ids(conn, &r))
-                        .await;
+                    let ids =
+                        s.db.read(move |conn| meshserver::storage::state::current_state_ids(conn, &r))
+                            .await;
                     if let Ok(ids) = ids {
                         let mut v: Vec<_> = ids.into_iter().collect();
                         v.sort();

@@ -46,7 +46,13 @@ pub async fn run(s: &Scenario, seed: u64, out: &Path) -> anyhow::Result<Report> 
     let work = tempfile::Builder::new().prefix("meshsim-").tempdir()?;
     let mut runs = Vec::new();
     for &v in &s.variants {
-        eprintln!("[{}] {}: {} nodes, {} links", s.name, v.name(), plan.graph.n, driver::links_for(v, &plan).edges.len());
+        eprintln!(
+            "[{}] {}: {} nodes, {} links",
+            s.name,
+            v.name(),
+            plan.graph.n,
+            driver::links_for(v, &plan).edges.len()
+        );
         let raw = driver::run(s, &plan, v, seed, &work.path().join(v.name())).await?;
         let m = metrics::compute(&raw, &plan);
         output::write_variant(&out.join(v.name()), &m)?;
@@ -109,21 +115,29 @@ pub struct Spread {
     pub cv: f64,
 }
 
+type Pick = (&'static str, fn(&Summary) -> f64);
+
 pub fn spread(reports: &[Report]) -> Vec<Spread> {
     let mut out = Vec::new();
     let Some(first) = reports.first() else { return out };
     for (k, (variant, _)) in first.runs.iter().enumerate() {
-        let pick: [(&str, fn(&Summary) -> f64); 7] = [
+        let pick: [Pick; 7] = [
             ("delivery_ratio", |s| s.delivery_ratio),
             ("latency_p50_ms", |s| s.latency_ms.p50),
             ("latency_p99_ms", |s| s.latency_ms.p99),
             ("bytes_sent_per_msg_per_node", |s| s.bytes_sent_per_msg_per_node),
             ("duplicates_per_delivery", |s| s.duplicates_per_delivery),
-            ("final_convergence_ms", |s| s.final_convergence_ms.unwrap_or(f64::NAN)),
+            ("final_convergence_ms", |s| {
+                s.final_convergence_ms.unwrap_or(f64::NAN)
+            }),
             ("messages_sent", |s| s.messages_sent as f64),
         ];
         for (metric, f) in pick {
-            let values: Vec<f64> = reports.iter().filter_map(|r| r.runs.get(k)).map(|(_, m)| f(&m.summary)).collect();
+            let values: Vec<f64> = reports
+                .iter()
+                .filter_map(|r| r.runs.get(k))
+                .map(|(_, m)| f(&m.summary))
+                .collect();
             let mean = values.iter().sum::<f64>() / values.len() as f64;
             let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64).sqrt();
             out.push(Spread {

@@ -42,7 +42,11 @@ async fn main() -> anyhow::Result<()> {
     let out = out.unwrap_or_else(|| PathBuf::from("out").join(&s.name));
     let mut reports = Vec::new();
     for k in 0..repeat.max(1) {
-        let dir = if repeat > 1 { out.join(format!("run-{k}")) } else { out.clone() };
+        let dir = if repeat > 1 {
+            out.join(format!("run-{k}"))
+        } else {
+            out.clone()
+        };
         let r = simulations::run(&s, seed, &dir).await?;
         println!("{}", std::fs::read_to_string(dir.join("summary.md"))?);
         reports.push(r);

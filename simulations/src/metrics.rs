@@ -263,7 +263,11 @@ pub fn compute(raw: &Raw, plan: &Plan) -> Metrics {
             sent_ms: Some(sent_ms),
             expected,
             delivered,
-            ratio: if expected == 0 { 1.0 } else { delivered as f64 / expected as f64 },
+            ratio: if expected == 0 {
+                1.0
+            } else {
+                delivered as f64 / expected as f64
+            },
             latency_p50_ms: (delivered > 0).then_some(p.p50),
             latency_max_ms: (delivered > 0).then_some(p.max),
             duplicates: dups,
@@ -287,7 +291,10 @@ pub fn compute(raw: &Raw, plan: &Plan) -> Metrics {
                 })
                 .collect();
             let missing = relevant.iter().filter(|p| p.3.is_none()).count();
-            let conv = relevant.iter().filter_map(|p| p.3).fold(0.0f64, |a, s| a.max(s - at));
+            let conv = relevant
+                .iter()
+                .filter_map(|p| p.3)
+                .fold(0.0f64, |a, s| a.max(s - at));
             HealRow {
                 what: h.what.clone(),
                 at_ms: at,
@@ -301,7 +308,12 @@ pub fn compute(raw: &Raw, plan: &Plan) -> Metrics {
     let progress = progress_rows(raw, &pairs);
     let mut lat: Vec<f64> = deliveries.iter().map(|d| d.latency_ms).collect();
     let latency_ms = percentiles(&mut lat);
-    let duplicates: u64 = raw.duplicates.iter().flat_map(|d| d.values()).map(|&c| c as u64).sum();
+    let duplicates: u64 = raw
+        .duplicates
+        .iter()
+        .flat_map(|d| d.values())
+        .map(|&c| c as u64)
+        .sum();
     let started = raw.n - plan.late.len();
     let workload_s = (raw.end - t0).as_secs_f64();
     let mean = |f: &dyn Fn(&NodeRow) -> f64| nodes.iter().map(f).sum::<f64>() / nodes.len().max(1) as f64;
@@ -316,7 +328,11 @@ pub fn compute(raw: &Raw, plan: &Plan) -> Metrics {
         join_failures: raw.join_failures.len(),
         expected_pairs: pairs.len(),
         delivered_pairs: deliveries.len(),
-        delivery_ratio: if pairs.is_empty() { 1.0 } else { deliveries.len() as f64 / pairs.len() as f64 },
+        delivery_ratio: if pairs.is_empty() {
+            1.0
+        } else {
+            deliveries.len() as f64 / pairs.len() as f64
+        },
         converged: raw.converged,
         latency_ms,
         duplicates,
@@ -324,8 +340,15 @@ pub fn compute(raw: &Raw, plan: &Plan) -> Metrics {
         bytes_total: nodes.iter().map(|n| n.bytes_sent).sum(),
         bytes_sent_per_msg_per_node: mean(&|n| n.bytes_sent_per_msg),
         bytes_received_per_msg_per_node: mean(&|n| n.bytes_received_per_msg),
-        final_convergence_ms: heals.iter().rfind(|h| h.what == "final").and_then(|h| h.convergence_ms),
-        heal_convergence_ms: heals.iter().filter(|h| h.what.starts_with("heal")).map(|h| h.convergence_ms).collect(),
+        final_convergence_ms: heals
+            .iter()
+            .rfind(|h| h.what == "final")
+            .and_then(|h| h.convergence_ms),
+        heal_convergence_ms: heals
+            .iter()
+            .filter(|h| h.what.starts_with("heal"))
+            .map(|h| h.convergence_ms)
+            .collect(),
         setup_s: raw.setup_s,
         workload_s,
         cpu_setup_s: raw.cpu_setup_s,
@@ -405,7 +428,10 @@ fn progress_rows(raw: &Raw, pairs: &[(usize, usize, f64, Option<f64>)]) -> Vec<P
     let t0 = raw.t0;
     let mut by_time: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
     for s in &raw.samples {
-        by_time.entry((ms(t0, s.at) as u64).max(0)).or_default().push(s.distinct_states);
+        by_time
+            .entry(ms(t0, s.at).max(0.0) as u64)
+            .or_default()
+            .push(s.distinct_states);
     }
     by_time
         .into_iter()
@@ -415,7 +441,11 @@ fn progress_rows(raw: &Raw, pairs: &[(usize, usize, f64, Option<f64>)]) -> Vec<P
             let done = due.iter().filter(|p| p.3.is_some_and(|s| s <= t)).count();
             ProgressRow {
                 t_ms: t,
-                delivered_fraction: if due.is_empty() { 1.0 } else { done as f64 / due.len() as f64 },
+                delivered_fraction: if due.is_empty() {
+                    1.0
+                } else {
+                    done as f64 / due.len() as f64
+                },
                 mean_distinct_states: states.iter().sum::<usize>() as f64 / states.len().max(1) as f64,
                 max_distinct_states: states.iter().copied().max().unwrap_or(0),
             }

@@ -138,7 +138,9 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Du
         if f.message.as_deref() != Some("Message already received, ignoring") {
             return;
         }
-        let Some(scope) = ctx.event_scope(event) else { return };
+        let Some(scope) = ctx.event_scope(event) else {
+            return;
+        };
         let Some(node) = scope
             .from_root()
             .find_map(|s| s.extensions().get::<NodeOfSpan>().map(|n| n.0.clone()))

@@ -24,7 +24,10 @@ pub fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> anyhow::Result<()> {
             out.push('\n');
             cols
         });
-        let cells: Vec<String> = cols.iter().map(|c| cell(map.get(c).unwrap_or(&Value::Null))).collect();
+        let cells: Vec<String> = cols
+            .iter()
+            .map(|c| cell(map.get(c).unwrap_or(&Value::Null)))
+            .collect();
         out.push_str(&cells.join(","));
         out.push('\n');
     }
@@ -91,7 +94,11 @@ pub fn markdown(name: &str, seed: u64, fingerprint: &str, summaries: &[&Summary]
             m.duplicates_per_delivery,
             m.bytes_sent_per_msg_per_node,
             m.bytes_received_per_msg_per_node,
-            if heals.is_empty() { "—".into() } else { heals.join(" / ") },
+            if heals.is_empty() {
+                "—".into()
+            } else {
+                heals.join(" / ")
+            },
             opt(m.final_convergence_ms),
             m.rss_per_node_bytes as f64 / (1024.0 * 1024.0),
             m.cpu_per_node_per_s * 1000.0,

@@ -101,7 +101,11 @@ fn latency_cdf<DB: DrawingBackend>(
         v.sort_by(f64::total_cmp);
         // Over expected pairs, so an undelivered tail keeps the curve below 1.
         let total = m.summary.expected_pairs.max(1) as f64;
-        let pts: Vec<(f64, f64)> = v.iter().enumerate().map(|(i, &x)| (x, (i + 1) as f64 / total)).collect();
+        let pts: Vec<(f64, f64)> = v
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (x, (i + 1) as f64 / total))
+            .collect();
         let c = color(name);
         chart
             .draw_series(LineSeries::new(pts, c.stroke_width(2)))
@@ -161,7 +165,11 @@ fn convergence<DB: DrawingBackend>(
     }
     for (name, m) in runs {
         let c = color(name);
-        let pts: Vec<(f64, f64)> = m.progress.iter().map(|p| (p.t_ms / 1000.0, p.delivered_fraction)).collect();
+        let pts: Vec<(f64, f64)> = m
+            .progress
+            .iter()
+            .map(|p| (p.t_ms / 1000.0, p.delivered_fraction))
+            .collect();
         chart
             .draw_series(LineSeries::new(pts, c.stroke_width(2)))
             .map_err(err)?
@@ -189,7 +197,11 @@ fn convergence<DB: DrawingBackend>(
         .map_err(err)?;
     for (name, m) in runs {
         let c = color(name);
-        let pts: Vec<(f64, f64)> = m.progress.iter().map(|p| (p.t_ms / 1000.0, p.mean_distinct_states)).collect();
+        let pts: Vec<(f64, f64)> = m
+            .progress
+            .iter()
+            .map(|p| (p.t_ms / 1000.0, p.mean_distinct_states))
+            .collect();
         chart
             .draw_series(LineSeries::new(pts, c.stroke_width(2)))
             .map_err(err)?
@@ -207,10 +219,17 @@ fn bytes_per_node<DB: DrawingBackend>(
     let n = runs.iter().map(|(_, m)| m.nodes.len()).max().unwrap_or(1);
     let y_max = runs
         .iter()
-        .flat_map(|(_, m)| m.nodes.iter().map(|r| r.bytes_sent_per_msg.max(r.bytes_received_per_msg)))
+        .flat_map(|(_, m)| {
+            m.nodes
+                .iter()
+                .map(|r| r.bytes_sent_per_msg.max(r.bytes_received_per_msg))
+        })
         .fold(1.0f64, f64::max);
     let mut chart = ChartBuilder::on(root)
-        .caption("Bytes on the wire per message sent, per node (nodes ranked)", (FONT, 24))
+        .caption(
+            "Bytes on the wire per message sent, per node (nodes ranked)",
+            (FONT, 24),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(80)
@@ -229,15 +248,28 @@ fn bytes_per_node<DB: DrawingBackend>(
             let mut v: Vec<f64> = m
                 .nodes
                 .iter()
-                .map(|r| if sent { r.bytes_sent_per_msg } else { r.bytes_received_per_msg })
+                .map(|r| {
+                    if sent {
+                        r.bytes_sent_per_msg
+                    } else {
+                        r.bytes_received_per_msg
+                    }
+                })
                 .collect();
             v.sort_by(|a, b| b.total_cmp(a));
-            let pts: Vec<(f64, f64)> = v.into_iter().enumerate().map(|(i, y)| (i as f64 + 0.5, y)).collect();
+            let pts: Vec<(f64, f64)> = v
+                .into_iter()
+                .enumerate()
+                .map(|(i, y)| (i as f64 + 0.5, y))
+                .collect();
             let mean = pts.iter().map(|p| p.1).sum::<f64>() / pts.len().max(1) as f64;
             chart
                 .draw_series(LineSeries::new(pts.clone(), style).point_size(if n <= 50 { 3 } else { 0 }))
                 .map_err(err)?
-                .label(format!("{name} {}: mean {mean:.0} B", if sent { "sent" } else { "received" }))
+                .label(format!(
+                    "{name} {}: mean {mean:.0} B",
+                    if sent { "sent" } else { "received" }
+                ))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
         }
     }

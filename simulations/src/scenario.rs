@@ -252,10 +252,12 @@ impl Scenario {
             Topology::KRegular { k, .. } if k == 0 || k >= n || (n * k) % 2 == 1 => {
                 bail!("k_regular needs 0 < k < nodes and nodes·k even")
             }
-            Topology::SmallWorld { k, rewire, .. } if k < 2 || k % 2 == 1 || k >= n || !(0.0..=1.0).contains(&rewire) => {
+            Topology::SmallWorld { k, rewire, .. }
+                if k < 2 || k % 2 == 1 || k >= n || !(0.0..=1.0).contains(&rewire) =>
+            {
                 bail!("small_world needs an even k with 2 <= k < nodes and 0 <= rewire <= 1")
             }
-            Topology::Grid { width, .. } if width == 0 || n % width != 0 => {
+            Topology::Grid { width, .. } if width == 0 || !n.is_multiple_of(width) => {
                 bail!("grid needs nodes = width × height")
             }
             Topology::Mobile { side, radius, .. } if side <= 0.0 || radius <= 0.0 => {
@@ -279,7 +281,7 @@ impl Scenario {
             bail!("churn needs 0 <= fraction <= 1 and positive mean times");
         }
         for p in &self.partition {
-            if !(p.at_s < p.heal_s) {
+            if p.at_s >= p.heal_s || p.at_s.is_nan() {
                 bail!("partition at {} s must heal after it starts", p.at_s);
             }
             if p.groups.iter().flatten().any(|&i| i >= n) {

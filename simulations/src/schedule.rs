@@ -104,7 +104,9 @@ impl Plan {
         let mut churn_rng = StdRng::seed_from_u64(seed ^ 0x6368_726e);
         let churners: BTreeSet<usize> = match &s.churn {
             Some(c) => {
-                let pool: Vec<usize> = (0..n).filter(|i| !creators.contains(i) && !late.contains(i)).collect();
+                let pool: Vec<usize> = (0..n)
+                    .filter(|i| !creators.contains(i) && !late.contains(i))
+                    .collect();
                 let want = ((c.fraction * n as f64).round() as usize).min(pool.len());
                 topology::sample(pool.len(), want, &mut churn_rng)
                     .into_iter()
@@ -160,7 +162,10 @@ impl Plan {
                     }
                 }
                 let rest = p.groups.len();
-                group.iter_mut().filter(|g| **g == usize::MAX).for_each(|g| *g = rest);
+                group
+                    .iter_mut()
+                    .filter(|g| **g == usize::MAX)
+                    .for_each(|g| *g = rest);
             }
             partitions.push(group);
             let (at, heal) = ((p.at_s * 1000.0) as u64, (p.heal_s * 1000.0) as u64);
@@ -264,7 +269,12 @@ fn plan_room(s: &Scenario, graph: &Graph, creator: usize, rng: &mut StdRng) -> R
     let n = s.topology.nodes();
     let want = s.members_per_room();
     let chosen: BTreeSet<usize> = match s.workload.placement {
-        Placement::Local => graph.bfs(creator, &|_| true).into_iter().take(want).map(|(v, _)| v).collect(),
+        Placement::Local => graph
+            .bfs(creator, &|_| true)
+            .into_iter()
+            .take(want)
+            .map(|(v, _)| v)
+            .collect(),
         Placement::Random => {
             let mut set: BTreeSet<usize> = topology::sample(n, want, rng).into_iter().collect();
             if !set.contains(&creator) {

@@ -70,9 +70,8 @@ pub async fn create_rooms(c: &Cluster, plan: &Plan) -> anyhow::Result<Vec<OwnedR
             "name": format!("room {k}"),
             "power_level_content_override": { "users_default": 50 },
         });
-        let id = s
-            .db
-            .write(move |tx| {
+        let id =
+            s.db.write(move |tx| {
                 let req: CreateRoom = serde_json::from_value(req)
                     .map_err(|e| meshserver::Error::internal(format!("createRoom body: {e}")))?;
                 let plan = req.plan(&identity)?;
@@ -97,10 +96,19 @@ pub async fn join_members(
 ) {
     let mut set = JoinSet::new();
     for (k, r) in plan.rooms.iter().enumerate() {
-        let members: Vec<(usize, Option<usize>)> =
-            r.members.iter().filter(|m| m.1.is_some() && now(m.0)).cloned().collect();
-        let (c, joined, failures, room, creator) =
-            (c.clone(), joined.clone(), failures.clone(), room_ids[k].clone(), r.creator);
+        let members: Vec<(usize, Option<usize>)> = r
+            .members
+            .iter()
+            .filter(|m| m.1.is_some() && now(m.0))
+            .cloned()
+            .collect();
+        let (c, joined, failures, room, creator) = (
+            c.clone(),
+            joined.clone(),
+            failures.clone(),
+            room_ids[k].clone(),
+            r.creator,
+        );
         set.spawn(async move {
             for (node, parent) in members {
                 join_one(&c, k, &room, node, parent, creator, &joined, &failures).await;
@@ -128,8 +136,18 @@ pub async fn join_late(
 
 /// The nodes to join through, best first: the planned parent, the node's neighbours
 /// already in the room, then the creator.
-fn via(c: &Cluster, k: usize, node: usize, parent: Option<usize>, creator: usize, joined: &Joined) -> Vec<usize> {
-    let members_in: Vec<usize> = joined.lock().map(|j| j[k].keys().copied().collect()).unwrap_or_default();
+fn via(
+    c: &Cluster,
+    k: usize,
+    node: usize,
+    parent: Option<usize>,
+    creator: usize,
+    joined: &Joined,
+) -> Vec<usize> {
+    let members_in: Vec<usize> = joined
+        .lock()
+        .map(|j| j[k].keys().copied().collect())
+        .unwrap_or_default();
     let adj = &c.graph.neighbours()[node];
     let mut via: Vec<usize> = parent.into_iter().filter(|p| members_in.contains(p)).collect();
     via.extend(members_in.iter().filter(|m| adj.contains(m)));
@@ -196,12 +214,11 @@ pub async fn wait_members_seen(c: &Cluster, plan: &Plan, room_ids: &[OwnedRoomId
             loop {
                 let Some(s) = c.services(node).await else { break };
                 let r = room_ids[k].to_string();
-                let count = s
-                    .db
-                    .read(move |conn| meshserver::storage::rooms::members_with(conn, &r, "join"))
-                    .await
-                    .map(|v| v.len())
-                    .unwrap_or(0);
+                let count =
+                    s.db.read(move |conn| meshserver::storage::rooms::members_with(conn, &r, "join"))
+                        .await
+                        .map(|v| v.len())
+                        .unwrap_or(0);
                 if count >= m.len() || Instant::now() >= deadline {
                     break;
                 }
@@ -217,10 +234,9 @@ pub async fn wait_members_seen(c: &Cluster, plan: &Plan, room_ids: &[OwnedRoomId
 /// announces its heads to every member, as a naive fan-out would.
 async fn announce(c: &Cluster, s: &meshserver::services::AppState, room: &OwnedRoomId, members: &[usize]) {
     let r = room.to_string();
-    let Ok(extremities) = s
-        .db
-        .read(move |conn| meshserver::storage::events::forward_extremities(conn, &r))
-        .await
+    let Ok(extremities) =
+        s.db.read(move |conn| meshserver::storage::events::forward_extremities(conn, &r))
+            .await
     else {
         return;
     };

@@ -272,7 +272,12 @@ mod tests {
             tick_ms: 500,
         };
         let m = Mobility::new(&t, 20.0, 1).unwrap();
-        assert!(m.positions.iter().flatten().all(|&(x, y)| (0.0..=100.0).contains(&x) && (0.0..=100.0).contains(&y)));
+        assert!(
+            m.positions
+                .iter()
+                .flatten()
+                .all(|&(x, y)| (0.0..=100.0).contains(&x) && (0.0..=100.0).contains(&y))
+        );
         assert_ne!(m.links_at(0), m.links_at(40), "links change as nodes move");
     }
 }

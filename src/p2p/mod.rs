@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod join;
 pub mod outbox;
 pub mod peer_id;
+pub mod reconcile;
 pub mod replicate;
 pub mod serve;
 pub mod swarm;
@@ -44,9 +45,16 @@ pub enum Command {
         res: Response,
     },
     /// Publish a gossip frame on a room's topic (subscribing first if needed).
-    Publish { room_id: String, data: Vec<u8> },
-    Subscribe { room_id: String },
-    Unsubscribe { room_id: String },
+    Publish {
+        room_id: String,
+        data: Vec<u8>,
+    },
+    Subscribe {
+        room_id: String,
+    },
+    Unsubscribe {
+        room_id: String,
+    },
     /// The verdict on a gossip message held for validation: accepted messages are
     /// forwarded, rejected ones dropped and their source penalised.
     Validated {
@@ -54,10 +62,18 @@ pub enum Command {
         source: PeerId,
         verdict: Verdict,
     },
-    Dial { peer: Option<PeerId>, addr: Multiaddr },
+    Dial {
+        peer: Option<PeerId>,
+        addr: Multiaddr,
+    },
     /// Local discovery (mDNS) saw a peer at these addresses.
-    Discovered { peer: PeerId, addrs: Vec<Multiaddr> },
-    Info { reply: oneshot::Sender<NetInfo> },
+    Discovered {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+    Info {
+        reply: oneshot::Sender<NetInfo>,
+    },
 }
 
 /// Connectivity, as `GET /_meshserver/v1/node` and `meshserver info` report it.
@@ -101,6 +117,11 @@ pub struct Counters {
     pub rejected_events: AtomicU64,
     pub bad_frames: AtomicU64,
     pub refused_requests: AtomicU64,
+    /// Request frames this node wrote, and their bytes; response bytes it read. What the
+    /// anti-entropy tests and benchmarks weigh replication traffic by.
+    pub requests_out: AtomicU64,
+    pub request_bytes_out: AtomicU64,
+    pub response_bytes_in: AtomicU64,
 }
 
 impl Counters {
@@ -220,7 +241,12 @@ impl P2p {
             .await;
     }
 
-    pub(crate) async fn validated(&self, msg_id: libp2p::gossipsub::MessageId, source: PeerId, verdict: Verdict) {
+    pub(crate) async fn validated(
+        &self,
+        msg_id: libp2p::gossipsub::MessageId,
+        source: PeerId,
+        verdict: Verdict,
+    ) {
         let _ = self
             .send(Command::Validated {
                 msg_id,

@@ -24,9 +24,10 @@ pub async fn handle(s: &AppState, origin: &ServerName, req: Request) -> Response
         Request::Heads { room_id, extremities } => {
             super::replicate::serve_heads(s, origin, room_id, extremities).await
         }
-        Request::GetEvents { .. } | Request::GetMissing { .. } | Request::State { .. } | Request::Backfill { .. } => {
-            super::replicate::serve(s, origin, req).await
-        }
+        Request::GetEvents { .. }
+        | Request::GetMissing { .. }
+        | Request::State { .. }
+        | Request::Backfill { .. } => super::replicate::serve(s, origin, req).await,
         Request::PublicRooms { limit, since, filter } => directory::serve(s, limit, since, filter).await,
         Request::Profile { user_id, field } => profile::serve(s, &user_id, field).await,
         Request::KeysQuery { device_keys } => keys::serve_query(s, device_keys).await,
@@ -34,5 +35,8 @@ pub async fn handle(s: &AppState, origin: &ServerName, req: Request) -> Response
         Request::UserDevices { user_id } => devices::serve_user_devices(s, &user_id).await,
         Request::DeviceListUpdate { content } => devices::serve_update(s, origin, content).await,
         Request::ToDevice { content } => to_device::serve(s, origin, content).await,
+        Request::Extremities { .. } | Request::Reconcile { .. } | Request::GetRange { .. } => {
+            super::reconcile::serve(s, origin, req).await
+        }
     }
 }

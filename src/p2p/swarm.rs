@@ -13,7 +13,7 @@ use libp2p::kad::{self, store::MemoryStore};
 use libp2p::multiaddr::Protocol as AddrProtocol;
 use libp2p::request_response::{self as rr, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, ping};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -51,6 +51,7 @@ pub struct Behaviour {
     keys: rr::Behaviour<Codec>,
     devices: rr::Behaviour<Codec>,
     to_device: rr::Behaviour<Codec>,
+    reconcile: rr::Behaviour<Codec>,
 }
 
 impl Behaviour {
@@ -70,6 +71,7 @@ impl Behaviour {
             Protocol::Keys => &mut self.keys,
             Protocol::Devices => &mut self.devices,
             Protocol::ToDevice => &mut self.to_device,
+            Protocol::Reconcile => &mut self.reconcile,
         }
     }
 }
@@ -78,7 +80,11 @@ fn rpc_behaviour(p: Protocol, counters: &Arc<super::Counters>) -> rr::Behaviour<
     let cfg = rr::Config::default()
         .with_request_timeout(super::REQUEST_TIMEOUT)
         .with_max_concurrent_streams(MAX_INBOUND_IN_FLIGHT);
-    rr::Behaviour::with_codec(Codec::counting(counters.clone()), [(p.stream_protocol(), ProtocolSupport::Full)], cfg)
+    rr::Behaviour::with_codec(
+        Codec::counting(counters.clone()),
+        [(p.stream_protocol(), ProtocolSupport::Full)],
+        cfg,
+    )
 }
 
 fn build_behaviour(
@@ -107,6 +113,7 @@ fn build_behaviour(
         // Without address learning, peers must not hear (or cache) our listen addresses either.
         identify: identify::Behaviour::new(
             identify::Config::new("/meshserver/1".into(), key.public())
+                .with_agent_version(agent_version())
                 .with_hide_listen_addrs(!learn_addrs)
                 .with_cache_size(if learn_addrs { 100 } else { 0 }),
         ),
@@ -124,6 +131,7 @@ fn build_behaviour(
         keys: rpc_behaviour(Protocol::Keys, counters),
         devices: rpc_behaviour(Protocol::Devices, counters),
         to_device: rpc_behaviour(Protocol::ToDevice, counters),
+        reconcile: rpc_behaviour(Protocol::Reconcile, counters),
     })
 }
 
@@ -148,9 +156,13 @@ struct Task {
     swarm: Swarm<Behaviour>,
     services: AppState,
     p2p: P2p,
-    pending: HashMap<OutboundRequestId, Pending>,
+    /// By protocol too: each request-response behaviour numbers its requests from 1.
+    pending: HashMap<(Protocol, OutboundRequestId), Pending>,
     lookups: HashMap<kad::QueryId, Vec<Pending>>,
     known: HashMap<PeerId, Known>,
+    /// Open connections per peer, and the boot ID each peer last identified with.
+    connections: HashMap<PeerId, Vec<ConnectionId>>,
+    boots: HashMap<PeerId, String>,
     /// Static peers given without `/p2p/`: dialled by address until their PeerId is known.
     anonymous_peers: Vec<Multiaddr>,
     anonymous_next: Instant,
@@ -172,7 +184,10 @@ pub async fn spawn(
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
         .with_tokio()
         .with_quic()
-        .with_behaviour(|k| build_behaviour(k, learn_addrs, &counters).map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string())))?
+        .with_behaviour(|k| {
+            build_behaviour(k, learn_addrs, &counters)
+                .map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string()))
+        })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     let p2p = services.p2p.clone();
@@ -182,6 +197,8 @@ pub async fn spawn(
         pending: HashMap::new(),
         lookups: HashMap::new(),
         known: HashMap::new(),
+        connections: HashMap::new(),
+        boots: HashMap::new(),
         anonymous_peers: Vec::new(),
         anonymous_next: Instant::now(),
         inbound: Arc::new(Semaphore::new(MAX_INBOUND_IN_FLIGHT)),
@@ -229,7 +246,10 @@ pub async fn spawn(
     }
     // The span names the node in its swarm's logs (simulations/ counts gossip duplicates by it).
     let span = tracing::info_span!("swarm", node = %p2p.local_peer_id());
-    Ok(tokio::spawn(tracing::Instrument::instrument(task.run(commands), span)))
+    Ok(tokio::spawn(tracing::Instrument::instrument(
+        task.run(commands),
+        span,
+    )))
 }
 
 impl Task {
@@ -262,7 +282,13 @@ impl Task {
                 protocol,
                 res,
             } => {
-                if self.swarm.behaviour_mut().rpc(protocol).send_response(channel, res).is_err() {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .rpc(protocol)
+                    .send_response(channel, res)
+                    .is_err()
+                {
                     tracing::debug!(protocol = protocol.id(), "response channel closed");
                 }
             }
@@ -321,17 +347,23 @@ impl Task {
 
     fn send_request(&mut self, p: Pending) {
         if p.peer == *self.swarm.local_peer_id() {
-            let _ = p.reply.send(Err(Error::invalid_param("a node does not send requests to itself")));
+            let _ = p.reply.send(Err(Error::invalid_param(
+                "a node does not send requests to itself",
+            )));
             return;
         }
         let protocol = p.req.protocol();
-        let addrs = self.known.get(&p.peer).map(|k| k.addrs.clone()).unwrap_or_default();
+        let addrs = self
+            .known
+            .get(&p.peer)
+            .map(|k| k.addrs.clone())
+            .unwrap_or_default();
         let id = self
             .swarm
             .behaviour_mut()
             .rpc(protocol)
             .send_request_with_addresses(&p.peer, p.req.clone(), addrs);
-        self.pending.insert(id, p);
+        self.pending.insert((protocol, id), p);
     }
 
     fn info(&self) -> NetInfo {
@@ -483,7 +515,9 @@ impl Task {
             .await
             .unwrap_or_default();
         for (peer, addrs) in book {
-            let Ok(peer) = peer.parse::<PeerId>() else { continue };
+            let Ok(peer) = peer.parse::<PeerId>() else {
+                continue;
+            };
             let addrs: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
             self.learn(peer, &addrs);
             if let Some(k) = self.known.get_mut(&peer) {
@@ -517,10 +551,17 @@ impl Task {
                 tracing::info!(%address, "p2p listening");
                 self.listen_addrs.push(address);
             }
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
+            } => {
+                self.connections.entry(peer_id).or_default().push(connection_id);
                 if endpoint.is_dialer() {
                     self.learn(peer_id, &[endpoint.get_remote_address().clone()]);
-                    self.anonymous_peers.retain(|a| a != endpoint.get_remote_address());
+                    self.anonymous_peers
+                        .retain(|a| a != endpoint.get_remote_address());
                 }
                 if let Some(k) = self.known.get_mut(&peer_id) {
                     k.backoff = REDIAL_MIN;
@@ -536,9 +577,17 @@ impl Task {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
+                if let Some(c) = self.connections.get_mut(&peer_id) {
+                    c.retain(|id| *id != connection_id);
+                }
+                if num_established > 0 {
+                    return;
+                }
+                self.connections.remove(&peer_id);
                 if let Some(server) = peer_id::server_name_of(&peer_id) {
                     self.p2p.emit(PeerEvent::Disconnected(server));
                 }
@@ -559,7 +608,12 @@ impl Task {
                 message_id,
                 message,
             }) => self.on_gossip(propagation_source, message_id, message),
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+            BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                connection_id,
+            }) => {
+                self.close_stale_connections(peer_id, connection_id, info.agent_version.clone());
                 if self.services.config.learn_peer_addresses {
                     self.learn(peer_id, &routable(&info.listen_addrs));
                 }
@@ -595,18 +649,42 @@ impl Task {
             BehaviourEvent::Keys(e) => self.on_rpc(Protocol::Keys, e),
             BehaviourEvent::Devices(e) => self.on_rpc(Protocol::Devices, e),
             BehaviourEvent::ToDevice(e) => self.on_rpc(Protocol::ToDevice, e),
+            BehaviourEvent::Reconcile(e) => self.on_rpc(Protocol::Reconcile, e),
             _ => {}
+        }
+    }
+
+    /// A peer that identifies with a new boot ID has restarted: its older connections are
+    /// dead but QUIC would notice only at the idle timeout (10 s), and requests sent on
+    /// them would wait that long. Close them now.
+    fn close_stale_connections(&mut self, peer: PeerId, current: ConnectionId, boot: String) {
+        let restarted = self.boots.insert(peer, boot).is_some_and(|old| old != self.boots[&peer]);
+        if !restarted {
+            return;
+        }
+        let stale: Vec<ConnectionId> = self
+            .connections
+            .get(&peer)
+            .into_iter()
+            .flatten()
+            .filter(|id| **id != current)
+            .copied()
+            .collect();
+        if !stale.is_empty() {
+            tracing::info!(%peer, n = stale.len(), "peer restarted; closing its stale connections");
+        }
+        for id in stale {
+            self.swarm.close_connection(id);
         }
     }
 
     fn on_gossip(&mut self, via: PeerId, msg_id: gossipsub::MessageId, message: gossipsub::Message) {
         let Ok(permit) = self.inbound.clone().try_acquire_owned() else {
             // Overloaded: neither forward nor penalise; fetching repairs the gap.
-            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-                &msg_id,
-                &via,
-                MessageAcceptance::Ignore,
-            );
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(&msg_id, &via, MessageAcceptance::Ignore);
             return;
         };
         let s = self.services.clone();
@@ -655,7 +733,7 @@ impl Task {
                 message: rr::Message::Response { request_id, response },
                 ..
             } => {
-                if let Some(p) = self.pending.remove(&request_id) {
+                if let Some(p) = self.pending.remove(&(protocol, request_id)) {
                     let _ = p.reply.send(Ok(response));
                 }
             }
@@ -665,14 +743,21 @@ impl Task {
                 error,
                 ..
             } => {
-                let Some(p) = self.pending.remove(&request_id) else { return };
+                let Some(p) = self.pending.remove(&(protocol, request_id)) else {
+                    return;
+                };
                 if matches!(error, rr::OutboundFailure::DialFailure) && !p.retried {
                     // Unknown or stale addresses: ask the DHT where the peer is, then retry once.
                     let q = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
-                    self.lookups.entry(q).or_default().push(Pending { retried: true, ..p });
+                    self.lookups
+                        .entry(q)
+                        .or_default()
+                        .push(Pending { retried: true, ..p });
                     return;
                 }
-                let _ = p.reply.send(Err(Error::internal(format!("request to {peer} failed: {error}"))));
+                let _ = p
+                    .reply
+                    .send(Err(Error::internal(format!("request to {peer} failed: {error}"))));
             }
             rr::Event::InboundFailure { peer, error, .. } => {
                 super::Counters::bump(&self.p2p.counters.bad_frames);
@@ -681,6 +766,12 @@ impl Task {
             rr::Event::ResponseSent { .. } => {}
         }
     }
+}
+
+/// `meshserver/<version> boot/<random>`: the boot ID changes with every start, so a peer
+/// can tell a restart from a second connection of the same process.
+fn agent_version() -> String {
+    format!("meshserver/{} boot/{:016x}", env!("CARGO_PKG_VERSION"), rand::random::<u64>())
 }
 
 /// `addr` with its UDP port `from` replaced by `to`; `None` if it has another port.

@@ -46,10 +46,11 @@ pub enum Protocol {
     Keys,
     Devices,
     ToDevice,
+    Reconcile,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 12] = [
+    pub const ALL: [Protocol; 13] = [
         Protocol::Join,
         Protocol::Invite,
         Protocol::Events,
@@ -62,6 +63,7 @@ impl Protocol {
         Protocol::Keys,
         Protocol::Devices,
         Protocol::ToDevice,
+        Protocol::Reconcile,
     ];
 
     pub const fn id(self) -> &'static str {
@@ -78,6 +80,7 @@ impl Protocol {
             Protocol::Keys => "/meshserver/keys/1",
             Protocol::Devices => "/meshserver/devices/1",
             Protocol::ToDevice => "/meshserver/to-device/1",
+            Protocol::Reconcile => "/meshserver/reconcile/1",
         }
     }
 
@@ -92,7 +95,12 @@ impl Protocol {
     /// The cap on a response frame of this protocol.
     pub const fn max_response(self) -> u64 {
         match self {
-            Protocol::Join | Protocol::Events | Protocol::Missing | Protocol::State | Protocol::Backfill => {
+            Protocol::Join
+            | Protocol::Events
+            | Protocol::Missing
+            | Protocol::State
+            | Protocol::Backfill
+            | Protocol::Reconcile => {
                 MAX_RESPONSE_BYTES
             }
             Protocol::Directory | Protocol::Keys => 1024 * 1024,
@@ -149,7 +157,10 @@ pub enum Request {
     },
     /// `/meshserver/heads/1`: the sender's forward extremities of a room. The receiver
     /// fetches what it lacks before answering, so the answer confirms delivery.
-    Heads { room_id: String, extremities: Vec<String> },
+    Heads {
+        room_id: String,
+        extremities: Vec<String>,
+    },
     /// `/meshserver/directory/1`: the rooms the node publishes.
     PublicRooms {
         #[serde(default)]
@@ -166,7 +177,9 @@ pub enum Request {
         field: Option<String>,
     },
     /// `/meshserver/keys/1`: the spec's federation `user/keys/query` body.
-    KeysQuery { device_keys: BTreeMap<String, Vec<String>> },
+    KeysQuery {
+        device_keys: BTreeMap<String, Vec<String>>,
+    },
     /// `/meshserver/keys/1`: the spec's federation `user/keys/claim` body.
     KeysClaim {
         one_time_keys: BTreeMap<String, BTreeMap<String, String>>,
@@ -177,6 +190,69 @@ pub enum Request {
     UserDevices { user_id: String },
     /// `/meshserver/to-device/1`: an `m.direct_to_device` EDU's content.
     ToDevice { content: Value },
+    /// `/meshserver/reconcile/1`: the sender's extremities of the rooms it shares with the
+    /// receiver whose IDs are after `after`, sorted; `complete` when no more follow.
+    Extremities {
+        #[serde(default)]
+        after: Option<String>,
+        rooms: Vec<RoomHeads>,
+        complete: bool,
+    },
+    /// `/meshserver/reconcile/1`: one round of range-based set reconciliation over the
+    /// room's events of depth at least `lower`, fingerprinted under the session's `key`.
+    Reconcile {
+        room_id: String,
+        key: String,
+        lower: i64,
+        ranges: Vec<Range>,
+    },
+    /// `/meshserver/reconcile/1`: the events whose keys are in `[lo, hi)`, ascending.
+    GetRange {
+        room_id: String,
+        lo: Key,
+        #[serde(default)]
+        hi: Option<Key>,
+        limit: u32,
+    },
+}
+
+/// Most rooms one `extremities` frame lists (and an answer adds).
+pub const MAX_ROOMS_PER_FRAME: usize = 100;
+/// Most ranges one `reconcile` request carries; an answer splits each into at most
+/// [`RANGE_SPLIT`].
+pub const MAX_RANGES: usize = 256;
+/// Sub-ranges a mismatched range is split into.
+pub const RANGE_SPLIT: usize = 16;
+/// A range of at most this many events is answered with their IDs, not split.
+pub const RANGE_LEAF: usize = 16;
+
+/// A room's place in an `extremities` exchange: its forward extremities (at most
+/// [`MAX_EVENT_IDS`]) and the greatest depth the sender holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomHeads {
+    pub room_id: String,
+    pub extremities: Vec<String>,
+    pub depth: i64,
+}
+
+/// The sort key of a room's event set: `[depth, event ID]`, compared as a pair (the ID
+/// bytewise). A bound's ID may be any string, e.g. `""` for the start of a depth.
+pub type Key = (i64, String);
+
+/// A key range `[lo, hi)` (`hi` absent: unbounded) with the sender's fingerprint of its
+/// events, or the IDs of all of them. `lo` absent: the previous range's `hi`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Range {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lo: Option<Key>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hi: Option<Key>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<String>>,
 }
 
 impl Request {
@@ -194,6 +270,9 @@ impl Request {
             Request::KeysQuery { .. } | Request::KeysClaim { .. } => Protocol::Keys,
             Request::DeviceListUpdate { .. } | Request::UserDevices { .. } => Protocol::Devices,
             Request::ToDevice { .. } => Protocol::ToDevice,
+            Request::Extremities { .. } | Request::Reconcile { .. } | Request::GetRange { .. } => {
+                Protocol::Reconcile
+            }
         }
     }
 }
@@ -203,17 +282,27 @@ impl Request {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Response {
     /// The request was refused or failed; `errcode` is a Matrix errcode.
-    Error { errcode: String, error: String },
+    Error {
+        errcode: String,
+        error: String,
+    },
     /// Done; nothing to return (heads, device list update, to-device).
     Ok {},
-    MakeJoin { room_version: String, event: Value },
+    MakeJoin {
+        room_version: String,
+        event: Value,
+    },
     SendJoin {
         event: WirePdu,
         state: Vec<WirePdu>,
         auth_chain: Vec<WirePdu>,
     },
-    Invite { event: WirePdu },
-    Events { pdus: Vec<WirePdu> },
+    Invite {
+        event: WirePdu,
+    },
+    Events {
+        pdus: Vec<WirePdu>,
+    },
     State {
         #[serde(default)]
         pdus: Vec<WirePdu>,
@@ -227,6 +316,10 @@ pub enum Response {
     /// Any JSON body shaped as the spec's matching federation response (public rooms,
     /// profile, keys query/claim, user devices).
     Body(Value),
+    /// The answerer's extremities of the rooms of an `extremities` request.
+    Extremities { rooms: Vec<RoomHeads> },
+    /// A `reconcile` round's answer: the ranges that still differ.
+    Ranges { ranges: Vec<Range> },
 }
 
 impl Response {
@@ -327,6 +420,9 @@ impl libp2p::request_response::Codec for Codec {
         let r = async {
             let p = protocol_of(protocol)?;
             let frame = read_capped(io, p.max_response()).await?;
+            if let Some(c) = &self.counters {
+                c.response_bytes_in.fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             serde_json::from_slice(&frame).map_err(invalid)
         }
         .await;
@@ -342,6 +438,10 @@ impl libp2p::request_response::Codec for Codec {
         let frame = encode(&req)?;
         if frame.len() as u64 > MAX_REQUEST_BYTES || req.protocol() != protocol_of(protocol)? {
             return Err(invalid("request too large or on the wrong protocol"));
+        }
+        if let Some(c) = &self.counters {
+            super::Counters::bump(&c.requests_out);
+            c.request_bytes_out.fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         io.write_all(&frame).await?;
         io.close().await

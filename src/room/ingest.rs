@@ -190,7 +190,10 @@ fn room_version_for(conn: &Connection, json: &CanonicalJsonObject) -> Result<Opt
 
 /// Checks every signature the room version requires, each key decoded from the signing
 /// server's name.
-pub(crate) fn verify(json: &CanonicalJsonObject, rules: &RoomVersionRules) -> std::result::Result<Verified, String> {
+pub(crate) fn verify(
+    json: &CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> std::result::Result<Verified, String> {
     let Some(CanonicalJsonValue::Object(signatures)) = json.get("signatures") else {
         return Err("no signatures".into());
     };

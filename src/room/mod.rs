@@ -312,7 +312,10 @@ pub fn persist(
     let linear = pdu.state_key.is_none() && {
         let extremities = forward_extremities(tx, room)?;
         extremities.len() == pdu.prev_events.len()
-            && pdu.prev_events.iter().all(|p| extremities.iter().any(|e| e == p.as_str()))
+            && pdu
+                .prev_events
+                .iter()
+                .all(|p| extremities.iter().any(|e| e == p.as_str()))
     };
     for prev in &pdu.prev_events {
         tx.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2")?

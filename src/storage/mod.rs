@@ -7,12 +7,13 @@
 //! transaction and published to the [`Notifier`] only after it commits.
 
 pub mod accounts;
+pub mod anti_entropy;
 pub mod e2ee;
 pub mod events;
 pub mod media;
-pub mod peers;
 mod migrations;
 pub mod outbox;
+pub mod peers;
 pub mod remote_e2ee;
 pub mod replication;
 pub mod rooms;

@@ -5,6 +5,7 @@ mod common;
 mod net;
 
 mod convergence;
+mod anti_entropy;
 mod discovery;
 mod e2ee;
 mod join;

@@ -314,6 +314,7 @@ fn protocol_ids_and_topic() {
             "/meshserver/keys/1",
             "/meshserver/devices/1",
             "/meshserver/to-device/1",
+            "/meshserver/reconcile/1",
         ]
     );
     for p in Protocol::ALL {
