@@ -106,18 +106,29 @@ async fn catch_up(plan: &Plan) -> anyhow::Result<(Duration, u64, u64, f64)> {
     let room = a.create_room(&alice, json!({"preset": "public_chat"})).await;
     for (node, name) in [(&b, "bob"), (&c, "carol")] {
         let user = node.register(name).await;
-        let path = format!("/_matrix/client/v3/join/{}?server_name={}", enc(&room), enc(&a.server_name()));
+        let path = format!(
+            "/_matrix/client/v3/join/{}?server_name={}",
+            enc(&room),
+            enc(&a.server_name())
+        );
         let (status, res) = node.post(&path, &user.token, json!({})).await;
         ensure!(status == 200, "join: {res}");
     }
     let limit = Duration::from_secs(600);
-    wait_until(limit, || async { event_set(&c, &room).await == event_set(&a, &room).await }).await;
+    wait_until(limit, || async {
+        event_set(&c, &room).await == event_set(&a, &room).await
+    })
+    .await;
     let before = event_set(&c, &room).await;
     let c_dir = stop(c).await;
     for i in 0..plan.missed {
-        a.send_text(&alice, &room, &format!("message {i} sent while carol was away")).await;
+        a.send_text(&alice, &room, &format!("message {i} sent while carol was away"))
+            .await;
     }
-    wait_until(limit, || async { event_set(&b, &room).await == event_set(&a, &room).await }).await;
+    wait_until(limit, || async {
+        event_set(&b, &room).await == event_set(&a, &room).await
+    })
+    .await;
     drop(stop(a).await);
     let want = event_set(&b, &room).await;
     let missed: Vec<String> = want.difference(&before).cloned().collect();
@@ -125,7 +136,11 @@ async fn catch_up(plan: &Plan) -> anyhow::Result<(Duration, u64, u64, f64)> {
 
     let b_before = rr_bytes(&b);
     let mut config = Config::for_data_dir(c_dir.path());
-    config.peers = addrs(&b).await.iter().map(|a| a.parse().expect("multiaddr")).collect();
+    config.peers = addrs(&b)
+        .await
+        .iter()
+        .map(|a| a.parse().expect("multiaddr"))
+        .collect();
     let start = Instant::now();
     let c = TestNode::start_with(c_dir, config).await;
     wait_until(limit, || async { event_set(&c, &room).await == want }).await;
@@ -146,7 +161,12 @@ fn reconcile(n: usize, d: usize) -> (usize, usize, Duration) {
     let id = |i: usize| format!("${}", &blake3::hash(&i.to_le_bytes()).to_hex()[..43]);
     let full: Vec<(i64, String)> = (0..n).map(|i| ((i / 3) as i64 + 1, id(i))).collect();
     let step = n / d;
-    let partial: Vec<_> = full.iter().enumerate().filter(|(i, _)| i % step != step / 2).map(|(_, k)| k.clone()).collect();
+    let partial: Vec<_> = full
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % step != step / 2)
+        .map(|(_, k)| k.clone())
+        .collect();
     let start = Instant::now();
     let mut key = [0u8; 32];
     rand::fill(&mut key);
@@ -155,9 +175,17 @@ fn reconcile(n: usize, d: usize) -> (usize, usize, Duration) {
     let mut bytes = 0;
     while let Some(ranges) = init.next_request() {
         let answer = respond(&theirs, &ranges);
-        let req = Request::Reconcile { room_id: "!".repeat(44), key: hex::encode(key), lower: 0, ranges };
+        let req = Request::Reconcile {
+            room_id: "!".repeat(44),
+            key: hex::encode(key),
+            lower: 0,
+            ranges,
+        };
         bytes += encode(&req).map_or(0, |v| v.len());
-        bytes += encode(&Response::Ranges { ranges: answer.clone() }).map_or(0, |v| v.len());
+        bytes += encode(&Response::Ranges {
+            ranges: answer.clone(),
+        })
+        .map_or(0, |v| v.len());
         if init.on_response(answer).is_err() {
             break;
         }
@@ -172,7 +200,14 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
     let full = std::env::args().any(|a| a == "--bench");
-    let plan = if full { FULL } else { SMOKE };
+    let mut plan = if full { FULL } else { SMOKE };
+    // ANTI_ENTROPY_MISSED=n measures another catch-up size.
+    if let Some(n) = std::env::var("ANTI_ENTROPY_MISSED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        plan.missed = n;
+    }
     let mut rows = Vec::new();
     let (took, wire, raw, quiet) = catch_up(&plan).await?;
     rows.push(Row {
@@ -192,13 +227,20 @@ async fn main() -> anyhow::Result<()> {
         let (rounds, bytes, t) = reconcile(plan.set_size, d);
         rows.push(Row {
             metric: format!("reconcile {d} of {} IDs differing", plan.set_size),
-            value: format!("{rounds} rounds, {bytes} bytes ({} per difference), {:.0} ms", bytes / d, t.as_secs_f64() * 1e3),
+            value: format!(
+                "{rounds} rounds, {bytes} bytes ({} per difference), {:.0} ms",
+                bytes / d,
+                t.as_secs_f64() * 1e3
+            ),
             target: "-",
             met: None,
         });
     }
     rows.push(Row {
-        metric: format!("converged quiet room, request-response bytes per minute ({} s measured)", plan.quiet.as_secs()),
+        metric: format!(
+            "converged quiet room, request-response bytes per minute ({} s measured)",
+            plan.quiet.as_secs()
+        ),
         value: format!("{quiet:.0}"),
         target: "0",
         met: Some(quiet == 0.0),

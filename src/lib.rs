@@ -18,6 +18,8 @@ pub mod pdu;
 pub mod room;
 pub mod services;
 pub mod storage;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod typing;
 
 pub use error::{Error, Result};

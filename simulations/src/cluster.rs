@@ -143,8 +143,7 @@ impl Cluster {
         let node = Node::start(config)
             .await
             .with_context(|| format!("starting node {i}"))?;
-        let (user, server) = (slot.user.to_string(), slot.server.clone());
-        let _ = server;
+        let user = slot.user.to_string();
         node.services
             .db
             .write(move |tx| {

@@ -79,6 +79,37 @@ pub struct Raw {
     pub peers_at_end: Vec<Option<usize>>,
     /// Largest delay of a timeline action behind its planned time, ms.
     pub max_lag_ms: f64,
+    pub idle: Idle,
+}
+
+/// A quiet stretch between setup and workload: what nodes cost doing nothing.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Idle {
+    pub seconds: f64,
+    pub cpu_s: f64,
+    pub bytes: u64,
+    pub datagrams: u64,
+}
+
+async fn measure_idle(c: &Cluster, seconds: f64) -> Idle {
+    if seconds <= 0.0 {
+        return Idle::default();
+    }
+    let total = |c: &Cluster| {
+        c.relay_stats()
+            .values()
+            .flat_map(|(f, b)| [f.forward, f.backward, b.forward, b.backward])
+            .fold((0, 0), |(by, dg), d| (by + d.offered_bytes, dg + d.offered_datagrams))
+    };
+    let ((bytes0, datagrams0), cpu0) = (total(c), observe::cpu_seconds());
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let ((bytes1, datagrams1), cpu1) = (total(c), observe::cpu_seconds());
+    Idle {
+        seconds,
+        cpu_s: cpu1 - cpu0,
+        bytes: bytes1 - bytes0,
+        datagrams: datagrams1 - datagrams0,
+    }
 }
 
 /// The links a variant has: the topology's for gossip; for the full-mesh baseline, every
@@ -132,6 +163,7 @@ pub async fn run(s: &Scenario, plan: &Plan, variant: Variant, seed: u64, dir: &P
     setup::wait_members_seen(&c, plan, &room_ids, &joined).await;
     let setup_s = setup_start.elapsed().as_secs_f64();
     let cpu_setup_s = observe::cpu_seconds() - cpu0;
+    let idle = measure_idle(&c, s.idle_s).await;
     let cpu1 = observe::cpu_seconds();
 
     let stats_t0 = c.relay_stats();
@@ -306,6 +338,7 @@ pub async fn run(s: &Scenario, plan: &Plan, variant: Variant, seed: u64, dir: &P
         db_bytes,
         peers_at_end,
         max_lag_ms,
+        idle,
     })
 }
 

@@ -120,6 +120,9 @@ pub struct Summary {
     pub db_bytes_mean: u64,
     pub db_bytes_max: u64,
     pub max_timeline_lag_ms: f64,
+    /// The idle stretch (`idle_s`): CPU per node per second, bytes per node per second.
+    pub idle_cpu_ms_per_node_per_s: f64,
+    pub idle_bytes_per_node_per_s: f64,
     /// Every relay's counters over the variant's whole life (setup included).
     pub wire: WireTotals,
 }
@@ -362,6 +365,8 @@ pub fn compute(raw: &Raw, plan: &Plan) -> Metrics {
         db_bytes_max: raw.db_bytes.iter().copied().max().unwrap_or(0),
         max_timeline_lag_ms: raw.max_lag_ms,
         wire: wire_totals(raw),
+        idle_cpu_ms_per_node_per_s: raw.idle.cpu_s * 1000.0 / started.max(1) as f64 / raw.idle.seconds.max(1e-9),
+        idle_bytes_per_node_per_s: raw.idle.bytes as f64 / started.max(1) as f64 / raw.idle.seconds.max(1e-9),
     };
     Metrics {
         summary,

@@ -160,7 +160,7 @@ fn convergence<DB: DrawingBackend>(
     for (t, _) in marks {
         let x = t / 1000.0;
         chart
-            .draw_series(LineSeries::new(vec![(x, 0.0), (x, 1.05)], BLACK.mix(0.4)))
+            .draw_series(DashedLineSeries::new(vec![(x, 0.0), (x, 1.05)], 6, 4, RGBColor(255, 127, 14).stroke_width(2)))
             .map_err(err)?;
     }
     for (name, m) in runs {
@@ -173,7 +173,7 @@ fn convergence<DB: DrawingBackend>(
         chart
             .draw_series(LineSeries::new(pts, c.stroke_width(2)))
             .map_err(err)?
-            .label(format!("{name} (grey lines: heals and the final heal)"))
+            .label(format!("{name} (dashed: heals, final heal)"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
     legend(&mut chart)?;

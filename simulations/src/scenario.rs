@@ -22,6 +22,9 @@ pub struct Scenario {
     /// How often state divergence is sampled.
     #[serde(default = "five_hundred")]
     pub sample_ms: u64,
+    /// Seconds of quiet between setup and workload, to measure what idle nodes cost.
+    #[serde(default)]
+    pub idle_s: f64,
     /// Which replication designs run, one after the other, on the same schedule.
     #[serde(default = "both_variants")]
     pub variants: Vec<Variant>,

@@ -294,11 +294,10 @@ fn plan_room(s: &Scenario, graph: &Graph, creator: usize, rng: &mut StdRng) -> R
             members.push((v, Some(creator)));
         }
     }
-    let mut pool: Vec<usize> = members.iter().map(|m| m.0).collect();
+    let pool: Vec<usize> = members.iter().map(|m| m.0).collect();
     let k = s.workload.senders.min(pool.len());
     let picked = topology::sample(pool.len(), k, rng);
     let senders = picked.into_iter().map(|i| pool[i]).collect::<Vec<_>>();
-    pool.clear();
     RoomPlan {
         creator,
         members,

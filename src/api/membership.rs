@@ -93,6 +93,26 @@ struct Change<'a> {
     extra: Map<String, Value>,
 }
 
+/// A member event's content: the membership, the target's profile where given, the reason.
+pub(crate) fn member_content(
+    membership: &str,
+    (displayname, avatar_url): (Option<String>, Option<String>),
+    reason: Option<String>,
+) -> Map<String, Value> {
+    let mut content = Map::new();
+    content.insert("membership".into(), membership.into());
+    if let Some(d) = displayname {
+        content.insert("displayname".into(), d.into());
+    }
+    if let Some(a) = avatar_url {
+        content.insert("avatar_url".into(), a.into());
+    }
+    if let Some(r) = reason {
+        content.insert("reason".into(), r.into());
+    }
+    content
+}
+
 /// Applies a membership change. Like Synapse, sends nothing when the current member event
 /// already says the same thing from the same sender. Joins and invites carry the target's
 /// profile. Returns the member event's ID.
@@ -105,21 +125,12 @@ fn set_membership(tx: &mut WriteTx<'_>, identity: &Identity, change: Change<'_>)
         reason,
         extra,
     } = change;
-    let mut content = Map::new();
-    content.insert("membership".into(), membership.into());
-    if matches!(membership, "join" | "invite")
-        && let Some((displayname, avatar)) = crate::storage::accounts::profile(tx, target.as_str())?
-    {
-        if let Some(d) = displayname {
-            content.insert("displayname".into(), d.into());
-        }
-        if let Some(a) = avatar {
-            content.insert("avatar_url".into(), a.into());
-        }
-    }
-    if let Some(r) = reason {
-        content.insert("reason".into(), r.into());
-    }
+    let profile = if matches!(membership, "join" | "invite") {
+        crate::storage::accounts::profile(tx, target.as_str())?.unwrap_or_default()
+    } else {
+        (None, None)
+    };
+    let mut content = member_content(membership, profile, reason);
     content.extend(extra);
     let content = Value::Object(content);
     if let Some(id) = current_state_id(tx, room_id.as_str(), "m.room.member", target.as_str())?

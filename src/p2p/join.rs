@@ -12,11 +12,12 @@ pub mod invitee;
 pub mod remote;
 pub mod resident;
 
+use ruma::room_version_rules::RoomVersionRules;
 use ruma::{ServerName, UserId};
 use rusqlite::Connection;
 
 use super::Counters;
-use super::wire::{Request, Response, encode_gossip};
+use super::wire::{Request, Response, WirePdu, encode_gossip};
 use crate::identity::Identity;
 use crate::room::current_group;
 use crate::services::AppState;
@@ -33,6 +34,13 @@ pub fn local_member_joined(conn: &Connection, identity: &Identity, room_id: &str
         .iter()
         .filter_map(|m| UserId::parse(m).ok())
         .any(|m| m.server_name() == identity.server_name()))
+}
+
+/// Adds this node's signature to an event another node made (an invite to a local user, a
+/// restricted join a local user authorises).
+fn countersign(identity: &Identity, event: &mut WirePdu, rules: &RoomVersionRules) -> Result<()> {
+    ruma::signatures::sign_event(identity.server_name().as_str(), identity, event, &rules.redaction)
+        .map_err(|e| Error::bad_json(e.to_string()))
 }
 
 /// Answers `make_join`, `send_join` and `invite` from `origin`.

@@ -29,18 +29,23 @@ pub use sync::{CatchUp, catch_up, reconcile_room};
 /// `/meshserver/reconcile/1`: `extremities`, `reconcile` and `get_range` from `origin`.
 pub async fn serve(s: &AppState, origin: &ServerName, req: Request) -> Response {
     match req {
-        Request::Extremities { after, rooms, complete } => {
-            exchange::serve(s, origin, after, rooms, complete).await
-        }
+        Request::Extremities {
+            after,
+            rooms,
+            complete,
+        } => exchange::serve(s, origin, after, rooms, complete).await,
         Request::Reconcile {
             room_id,
             key,
             lower,
             ranges,
         } => sync::serve_round(s, origin, &room_id, &key, lower, ranges).await,
-        Request::GetRange { room_id, lo, hi, limit } => {
-            sync::serve_range(s, origin, &room_id, lo, hi, limit).await
-        }
+        Request::GetRange {
+            room_id,
+            lo,
+            hi,
+            limit,
+        } => sync::serve_range(s, origin, &room_id, lo, hi, limit).await,
         _ => Response::error("M_UNRECOGNIZED", "not a reconcile request"),
     }
 }
@@ -104,12 +109,17 @@ struct Peers {
 
 impl Peers {
     fn start(&mut self, s: &AppState, server: OwnedServerName) {
-        if self.done.contains(&server) || self.running.values().any(|r| *r == server) || !initiates(s, &server) {
+        if self.done.contains(&server)
+            || self.running.values().any(|r| *r == server)
+            || !initiates(s, &server)
+        {
             return;
         }
         let s = s.clone();
         let peer = server.clone();
-        let handle = self.tasks.spawn(async move { exchange::exchange(&s, &peer).await });
+        let handle = self
+            .tasks
+            .spawn(async move { exchange::exchange(&s, &peer).await });
         self.running.insert(handle.id(), server);
     }
 }

@@ -6,8 +6,6 @@ mod directory;
 mod guard;
 mod keys;
 mod profile;
-#[cfg(test)]
-pub(crate) mod testkit;
 mod to_device;
 
 use ruma::ServerName;

@@ -9,6 +9,7 @@
 //! returned state, as the room's only forward extremity; the current state and the local
 //! membership follow from it as for any remote event.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
 
 use ruma::canonical_json::CanonicalJsonObject;
@@ -108,7 +109,7 @@ pub fn import_join(tx: &mut WriteTx<'_>, identity: &Identity, answer: JoinAnswer
         let Some(pdu) = events.get(&id) else {
             continue;
         };
-        authorised_by_auth_events(tx, &rules, pdu, &events, &create_id)?;
+        authorised_by_auth_events(tx, &rules, pdu, |id| events.get(id), &create_id).map_err(bad)?;
         if get_pdu(tx, id.as_str()).is_none() {
             persist(tx, identity, &rules, pdu, Some(before), true, Origin::Remote)?;
             set_outlier(tx, id.as_str(), OUTLIER_AUTHORISED)?;
@@ -221,20 +222,26 @@ fn auth_order(events: &HashMap<OwnedEventId, Pdu>, join: &Pdu) -> Result<Vec<Own
 
 /// The auth rules for an outlier: against its auth events alone, which stand in for the
 /// state before it (the room's create event included, which v12 events do not list).
-fn authorised_by_auth_events(
+/// `auth_event` finds an auth event where the caller keeps them. The error is the reason,
+/// for the caller to word as its refusal.
+pub(crate) fn authorised_by_auth_events<P: Borrow<Pdu>>(
     conn: &Connection,
     rules: &ruma::room_version_rules::RoomVersionRules,
     pdu: &Pdu,
-    events: &HashMap<OwnedEventId, Pdu>,
+    auth_event: impl Fn(&OwnedEventId) -> Option<P>,
     create_id: &str,
-) -> Result<()> {
+) -> std::result::Result<(), String> {
+    let refuse = |e: String| format!("{} not authorised by its auth events: {e}", pdu.event_id);
     state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id| get_pdu(conn, id.as_str()))
-        .map_err(|e| bad(format!("{} not authorised by its auth events: {e}", pdu.event_id)))?;
+        .map_err(|e| refuse(e.to_string()))?;
     let mut auth_state: HashMap<(String, String), String> = pdu
         .auth_events
         .iter()
-        .filter_map(|id| events.get(id))
-        .filter_map(|a| Some(((a.kind.to_string(), a.state_key.clone()?), a.event_id.to_string())))
+        .filter_map(auth_event)
+        .filter_map(|a| {
+            let a = a.borrow();
+            Some(((a.kind.to_string(), a.state_key.clone()?), a.event_id.to_string()))
+        })
         .collect();
     auth_state
         .entry(("m.room.create".to_owned(), String::new()))
@@ -242,7 +249,7 @@ fn authorised_by_auth_events(
     check_against(conn, rules, pdu, |t, k| {
         auth_state.get(&(t.to_owned(), k.to_owned())).cloned()
     })
-    .map_err(|e| bad(format!("{} not authorised by its auth events: {e}", pdu.event_id)))
+    .map_err(refuse)
 }
 
 /// Makes the room row ready: created if new, its version checked if known. What an

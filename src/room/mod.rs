@@ -11,6 +11,9 @@ pub mod ingest;
 pub mod resolve;
 pub mod visibility;
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use ruma::canonical_json::{CanonicalJsonObject, CanonicalJsonValue};
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::room_version_rules::RoomVersionRules;
@@ -115,7 +118,7 @@ pub fn append_local(
         }
     }
     let pdu = sign(identity, &rules, unsigned)?;
-    authorize(tx, &rules, &pdu)?;
+    authorize_with(tx, &rules, &pdu, |id| tx.pdu(id))?;
     let before = current_group(tx, room_id.as_str())?;
     persist(tx, identity, &rules, &pdu, before, false, Origin::Local(txn))?;
     Ok(pdu)
@@ -203,14 +206,35 @@ pub fn sign(identity: &Identity, rules: &RoomVersionRules, pdu: Value) -> Result
 /// Runs the room version's authorisation rules: against the event's auth events, then
 /// against the current state of the room.
 pub fn authorize(conn: &Connection, rules: &RoomVersionRules, pdu: &Pdu) -> Result<()> {
+    authorize_with(conn, rules, pdu, |id| get_pdu(conn, id).map(Arc::new))
+}
+
+/// [`authorize`] with stored events read through `fetch`.
+fn authorize_with(
+    conn: &Connection,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    fetch: impl Fn(&str) -> Option<Arc<Pdu>>,
+) -> Result<()> {
     let room = pdu.room.as_str();
-    state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id| get_pdu(conn, id.as_str()))
+    // A local event's auth events are the current state's entries for the same keys: what
+    // the first pass fetched, the second takes from here rather than fetching it again.
+    let fetched: RefCell<Vec<Arc<Pdu>>> = RefCell::new(Vec::new());
+    let by_id = |id: &str| {
+        if let Some(p) = fetched.borrow().iter().find(|p| p.event_id == id) {
+            return Some(p.clone());
+        }
+        let p = fetch(id)?;
+        fetched.borrow_mut().push(p.clone());
+        Some(p)
+    };
+    state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id| by_id(id.as_str()))
         .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))?;
     state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |t: &StateEventType, k: &str| {
         current_state_id(conn, room, &t.to_string(), k)
             .ok()
             .flatten()
-            .and_then(|id| get_pdu(conn, &id))
+            .and_then(|id| by_id(&id))
     })
     .map_err(|e| Error::forbidden(format!("event not authorised: {e}")))
 }

@@ -34,7 +34,9 @@ pub fn room_keys(conn: &Connection, room_id: &str, lower: i64) -> Result<Vec<(i6
     let mut stmt = conn.prepare_cached(
         "SELECT depth, event_id FROM events WHERE room_id = ?1 AND depth >= ?2 AND outlier != ?3",
     )?;
-    let rows = stmt.query_map(params![room_id, lower, OUTLIER_INVITE], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let rows = stmt.query_map(params![room_id, lower, OUTLIER_INVITE], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -58,7 +60,16 @@ pub fn ids_in_range(
          ORDER BY depth, event_id LIMIT ?8",
     )?;
     let rows = stmt.query_map(
-        params![room_id, OUTLIER_INVITE, lo.0, lo.1, hi_depth, hi_id, bounded, limit as i64],
+        params![
+            room_id,
+            OUTLIER_INVITE,
+            lo.0,
+            lo.1,
+            hi_depth,
+            hi_id,
+            bounded,
+            limit as i64
+        ],
         |r| r.get(0),
     )?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -1,7 +1,11 @@
 //! Event rows: lookup by ID, the DAG edges, forward extremities, and timeline reads.
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::pdu_cache::PduCache;
 use crate::Result;
 use crate::pdu::Pdu;
 
@@ -47,6 +51,24 @@ pub fn get_event(conn: &Connection, event_id: &str) -> Result<Option<StoredEvent
 
 pub fn get_pdu(conn: &Connection, event_id: &str) -> Option<Pdu> {
     get_event(conn, event_id).ok().flatten().map(|e| e.pdu)
+}
+
+/// [`get_pdu`] through the writer's cache of parsed PDUs. Each call still reads the event's
+/// row (`redacted_by` only, through the `event_id` index), so a PDU is served from the cache
+/// only while the event is stored and its JSON has not been rewritten by a redaction.
+pub fn get_pdu_cached(conn: &Connection, cache: &RefCell<PduCache>, event_id: &str) -> Option<Arc<Pdu>> {
+    let redacted_by: Option<String> = conn
+        .prepare_cached("SELECT redacted_by FROM events WHERE event_id = ?1")
+        .and_then(|mut s| s.query_row([event_id], |r| r.get(0)).optional())
+        .ok()
+        .flatten()?;
+    let mut cache = cache.borrow_mut();
+    if let Some(pdu) = cache.get(event_id, redacted_by.as_deref()) {
+        return Some(pdu);
+    }
+    let pdu = Arc::new(get_pdu(conn, event_id)?);
+    cache.insert(pdu.clone(), redacted_by);
+    Some(pdu)
 }
 
 pub fn state_group_of(conn: &Connection, event_id: &str) -> Result<Option<i64>> {

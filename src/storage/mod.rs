@@ -13,6 +13,7 @@ pub mod events;
 pub mod media;
 mod migrations;
 pub mod outbox;
+pub mod pdu_cache;
 pub mod peers;
 pub mod remote_e2ee;
 pub mod replication;
@@ -21,14 +22,16 @@ pub mod state;
 pub mod sync;
 pub mod user_data;
 
+use std::cell::RefCell;
 use std::ops::Deref;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OpenFlags, Transaction};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::notifier::Notifier;
 use crate::{Error, Result};
+use pdu_cache::PduCache;
 
 const READERS: usize = 4;
 
@@ -38,7 +41,7 @@ pub struct Db {
 }
 
 struct Inner {
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
     notifier: Notifier,
@@ -46,28 +49,75 @@ struct Inner {
     written: tokio::sync::Notify,
 }
 
-/// The write transaction handed to `Db::write` closures.
-pub struct WriteTx<'c> {
-    tx: Transaction<'c>,
-    last_stream_id: Option<i64>,
+/// The writer connection and what lives only as long as it does.
+struct Writer {
+    conn: Connection,
+    /// Only touched while the writer's lock is held.
+    pdus: RefCell<PduCache>,
 }
 
-impl<'c> Deref for WriteTx<'c> {
-    type Target = Transaction<'c>;
-    fn deref(&self) -> &Self::Target {
-        &self.tx
+/// The write transaction handed to `Db::write` closures: the writer connection inside
+/// `BEGIN IMMEDIATE`. Dropped without [`WriteTx::commit`] (the closure failed or
+/// panicked), it rolls back.
+pub struct WriteTx<'c> {
+    conn: &'c Connection,
+    pdus: &'c RefCell<PduCache>,
+    last_stream_id: Option<i64>,
+    committed: bool,
+}
+
+impl Deref for WriteTx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
     }
 }
 
-impl WriteTx<'_> {
+impl<'c> WriteTx<'c> {
+    fn begin(writer: &'c Writer) -> Result<Self> {
+        // Cached statements: BEGIN and COMMIT run on every write, and `execute_batch` would
+        // parse and finalise them each time.
+        writer.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        Ok(WriteTx {
+            conn: &writer.conn,
+            pdus: &writer.pdus,
+            last_stream_id: None,
+            committed: false,
+        })
+    }
+
+    fn commit(mut self) -> Result<Option<i64>> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.committed = true;
+        Ok(self.last_stream_id)
+    }
+
     /// Allocates the next global stream position; durable with the transaction.
     pub fn next_stream_id(&mut self) -> Result<i64> {
         let id: i64 = self
-            .tx
+            .conn
             .prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'stream_pos' RETURNING value")?
             .query_row([], |r| r.get(0))?;
         self.last_stream_id = Some(id);
         Ok(id)
+    }
+
+    /// A stored event's PDU, parsed at most once while it stays unchanged in the store
+    /// (see [`pdu_cache`]); `None` if the node does not hold it.
+    pub fn pdu(&self, event_id: &str) -> Option<Arc<crate::pdu::Pdu>> {
+        events::get_pdu_cached(self.conn, self.pdus, event_id)
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        // A failed COMMIT may already have ended the transaction.
+        if !self.committed
+            && !self.conn.is_autocommit()
+            && let Err(e) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::error!(error = %e, "rollback failed");
+        }
     }
 }
 
@@ -89,7 +139,10 @@ impl Db {
         notifier.advance_stream(pos);
         Ok(Db {
             inner: Arc::new(Inner {
-                writer: Mutex::new(writer),
+                writer: Mutex::new(Writer {
+                    conn: writer,
+                    pdus: RefCell::new(PduCache::default()),
+                }),
                 readers: Mutex::new(Vec::new()),
                 path,
                 notifier,
@@ -110,18 +163,13 @@ impl Db {
     {
         let inner = self.inner.clone();
         run_blocking(move || {
-            let mut conn = inner
+            let writer = inner
                 .writer
                 .lock()
                 .map_err(|_| Error::internal("writer poisoned"))?;
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let mut wtx = WriteTx {
-                tx,
-                last_stream_id: None,
-            };
+            let mut wtx = WriteTx::begin(&writer)?;
             let out = f(&mut wtx)?;
-            let last = wtx.last_stream_id;
-            wtx.tx.commit()?;
+            let last = wtx.commit()?;
             inner.written.notify_one();
             if let Some(pos) = last {
                 inner.notifier.advance_stream(pos);
@@ -142,9 +190,9 @@ impl Db {
             let conn = inner.take_reader()?;
             // Reads see one consistent snapshot of committed data.
             let out = (|| {
-                conn.execute_batch("BEGIN")?;
+                conn.prepare_cached("BEGIN")?.execute([])?;
                 let out = f(&conn);
-                conn.execute_batch("COMMIT")?;
+                conn.prepare_cached("COMMIT")?.execute([])?;
                 out
             })();
             inner.return_reader(conn);
@@ -217,7 +265,14 @@ impl Inner {
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "busy_timeout", 5000)?;
-    conn.set_prepared_statement_cache_capacity(64);
+    // Without the query planner stability guarantee, SQLite (3.54) marks statements whose
+    // plan looked at a bound value (`LIMIT ?`, `col = ?` outside the index used) to be
+    // re-prepared whenever their bindings are cleared, and rusqlite clears them each time
+    // a cached statement goes back to the cache: such statements were compiled anew on
+    // every use (a tenth of the CPU of a send).
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    // The node uses some 170 distinct statements; /sync alone would cycle a cache of 64.
+    conn.set_prepared_statement_cache_capacity(256);
     Ok(())
 }
 

@@ -34,7 +34,11 @@ async fn event_set(node: &TestNode, room: &str) -> BTreeSet<String> {
 /// `user` of `node` joins `room` (alice's, on `a`) after an invite.
 async fn invited_join(a: &TestNode, alice: &User, node: &TestNode, user: &User, room: &str) {
     a.invite(alice, room, user).await;
-    let path = format!("/_matrix/client/v3/join/{}?server_name={}", enc(room), enc(&a.server_name()));
+    let path = format!(
+        "/_matrix/client/v3/join/{}?server_name={}",
+        enc(room),
+        enc(&a.server_name())
+    );
     let (status, res) = node.post(&path, &user.token, json!({})).await;
     assert_eq!(status, 200, "join: {res}");
 }
@@ -73,12 +77,19 @@ async fn caught_up_from_a_bystander(n: usize) -> Duration {
     for i in 0..n {
         a.send_text(&alice, &room, &format!("missed {i}")).await;
     }
-    wait_until(WAIT, || async { event_set(&b, &room).await == event_set(&a, &room).await }).await;
+    wait_until(WAIT, || async {
+        event_set(&b, &room).await == event_set(&a, &room).await
+    })
+    .await;
     let want = event_set(&b, &room).await;
     drop(stop(a).await);
 
     let mut config = Config::for_data_dir(c_dir.path());
-    config.peers = addrs(&b).await.iter().map(|a| a.parse().expect("multiaddr")).collect();
+    config.peers = addrs(&b)
+        .await
+        .iter()
+        .map(|a| a.parse().expect("multiaddr"))
+        .collect();
     let c = TestNode::start_with(c_dir, config).await;
     let up = Instant::now();
     wait_until(WAIT, || async { event_set(&c, &room).await == want }).await;
@@ -111,7 +122,12 @@ async fn a_converged_quiet_room_costs_no_replication_requests() {
     // Let the outbox confirm its heads and any exchange finish.
     let outbox_empty = |n: &TestNode| {
         let db = services(n).db.clone();
-        async move { db.read(meshserver::storage::outbox::schedule).await.expect("outbox").is_empty() }
+        async move {
+            db.read(meshserver::storage::outbox::schedule)
+                .await
+                .expect("outbox")
+                .is_empty()
+        }
     };
     wait_until(WAIT, || async { outbox_empty(&a).await }).await;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -1,7 +1,6 @@
 //! Concurrent conflicting state changes on different nodes converge to one resolved state,
 //! and a peer's oversize frame is refused without harm.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -10,28 +9,13 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, StreamProtocol};
 use serde_json::{Value, json};
 
-use crate::common::{TestNode, User, enc};
-use crate::net::{addrs, mesh, node_info, wait_until};
+use crate::common::{TestNode, User};
+use crate::net::{addrs, join_via, mesh, node_info, services, state_map, wait_until};
 
-const V3: &str = "/_matrix/client/v3";
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// The room's current state on `node` as `(type, state_key) → event_id`.
-async fn state_map(node: &TestNode, room: &str) -> BTreeMap<(String, String), String> {
-    let services = node.node.as_ref().expect("running").services.clone();
-    let room = room.to_owned();
-    services
-        .db
-        .read(move |c| meshserver::storage::state::current_state_ids(c, &room))
-        .await
-        .expect("state read")
-        .into_iter()
-        .collect()
-}
-
 fn prev_events(node: &TestNode, event_id: &str) -> Vec<String> {
-    let services = node.node.as_ref().expect("running").services.clone();
-    let pdu = futures::executor::block_on(services.db.read({
+    let pdu = futures::executor::block_on(services(node).db.read({
         let id = event_id.to_owned();
         move |c| Ok(meshserver::storage::events::get_pdu(c, &id))
     }))
@@ -44,12 +28,6 @@ async fn put_state(node: &TestNode, user: &User, room: &str, kind: &str, content
     let (status, res) = node.state_put(user, room, kind, "", content).await;
     assert_eq!(status, 200, "{kind}: {res}");
     res["event_id"].as_str().expect("event_id").to_owned()
-}
-
-async fn join_via(node: &TestNode, user: &User, room: &str, via: &TestNode) {
-    let path = format!("{V3}/join/{}?server_name={}", enc(room), via.server_name());
-    let (status, res) = node.post(&path, &user.token, json!({})).await;
-    assert_eq!(status, 200, "join: {res}");
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::common::{TestNode, User, enc};
-use crate::net::mesh;
+use crate::net::{mesh, set_displayname};
 
 const V3: &str = "/_matrix/client/v3";
 
@@ -45,14 +45,7 @@ async fn keys_profile_and_directory_cross_nodes() {
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     upload_keys(b, &bob, &["K1", "K2"]).await;
-    let (status, res) = b
-        .put(
-            &format!("{V3}/profile/{}/displayname", enc(&bob.user_id)),
-            &bob.token,
-            json!({"displayname": "Bob"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{res}");
+    set_displayname(b, &bob, "Bob").await;
     let room = b
         .create_room(
             &bob,

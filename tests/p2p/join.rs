@@ -10,7 +10,7 @@ use ruma::canonical_json::CanonicalJsonObject;
 use serde_json::{Value, json};
 
 use crate::common::{TestNode, User, enc};
-use crate::net::{mesh, wait_until};
+use crate::net::{join_via, mesh, p2p_request, services, set_displayname, sync_until, wait_until};
 
 const V3: &str = "/_matrix/client/v3";
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -33,22 +33,6 @@ async fn state_keys(node: &TestNode, user: &User, room: &str) -> BTreeSet<(Strin
         .collect()
 }
 
-/// Syncs until `pick` finds something in the response; returns it.
-async fn sync_until(node: &TestNode, user: &User, pick: impl Fn(&Value) -> Option<Value>) -> Value {
-    let start = std::time::Instant::now();
-    loop {
-        let body = node.sync(user, None).await;
-        if let Some(v) = pick(&body) {
-            return v;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "not in /sync within {PATIENCE:?}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn types(events: &Value) -> Vec<String> {
     events
         .as_array()
@@ -58,16 +42,6 @@ fn types(events: &Value) -> Vec<String> {
         .collect()
 }
 
-async fn p2p_request(from: &TestNode, to: &TestNode, req: Request) -> Response {
-    let server = ruma::ServerName::parse(to.server_name()).expect("server name");
-    let services = &from.node.as_ref().expect("running").services;
-    services
-        .p2p
-        .request(&server, req)
-        .await
-        .expect("request answered")
-}
-
 #[tokio::test]
 async fn invite_accept_and_join_through_any_resident_node() {
     let nodes = mesh(3).await;
@@ -75,14 +49,7 @@ async fn invite_accept_and_join_through_any_resident_node() {
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let carol = c.register("carol").await;
-    let (status, res) = b
-        .put(
-            &format!("{V3}/profile/{}/displayname", enc(&bob.user_id)),
-            &bob.token,
-            json!({"displayname": "Bob"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{res}");
+    set_displayname(b, &bob, "Bob").await;
     let room = a
         .create_room(&alice, json!({"preset": "public_chat", "name": "mesh room"}))
         .await;
@@ -132,14 +99,7 @@ async fn invite_accept_and_join_through_any_resident_node() {
     );
 
     // Carol of node C joins through B, which did not create the room.
-    let (status, res) = c
-        .post(
-            &format!("{V3}/join/{}?server_name={}", enc(&room), enc(&b.server_name())),
-            &carol.token,
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{res}");
+    let res = join_via(c, &carol, &room, b).await;
     assert_eq!(res["room_id"], room.as_str());
 
     // All three nodes converge on one state holding the three joins.
@@ -201,7 +161,7 @@ async fn a_remote_alias_resolves_on_its_node_and_foreign_joins_are_refused() {
     event["origin_server_ts"] = json!(1);
     let version = ruma::RoomVersionId::try_from(room_version.as_str()).expect("version");
     let rules = version.rules().expect("rules");
-    let b_identity = &b.node.as_ref().expect("running").services.identity;
+    let b_identity = &services(b).identity;
     let signed = meshserver::room::sign(b_identity, &rules, event).expect("signed");
     let relayed: CanonicalJsonObject = signed.json.clone();
     let req = Request::SendJoin {

@@ -2,17 +2,43 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use meshserver::config::Config;
-use serde_json::Value;
+use meshserver::p2p::wire::{Request, Response};
+use meshserver::services::AppState;
+use ruma::OwnedServerName;
+use serde_json::{Value, json};
 
-use crate::common::TestNode;
+use crate::common::{TestNode, User, enc};
+
+const V3: &str = "/_matrix/client/v3";
+/// How long a helper here waits for the mesh to show something.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A running node's services.
+pub fn services(node: &TestNode) -> &AppState {
+    &node.node.as_ref().expect("running").services
+}
+
+/// A node's server name.
+pub fn server(node: &TestNode) -> OwnedServerName {
+    ruma::ServerName::parse(node.server_name()).expect("server name")
+}
+
+/// `from` asks `to` over the peer network.
+pub async fn p2p_request(from: &TestNode, to: &TestNode, req: Request) -> Response {
+    services(from)
+        .p2p
+        .request(&server(to), req)
+        .await
+        .expect("request answered")
+}
 
 /// A node's dialable multiaddrs (with `/p2p/<PeerId>`).
 pub async fn addrs(node: &TestNode) -> Vec<String> {
-    let info = node.node.as_ref().expect("running").services.p2p.info().await;
-    info.listen_addrs
+    services(node).p2p.info().await.listen_addrs
 }
 
 /// `GET /_meshserver/v1/node`.
@@ -25,15 +51,7 @@ pub async fn node_info(node: &TestNode) -> Value {
 }
 
 pub async fn peer_count(node: &TestNode) -> usize {
-    node.node
-        .as_ref()
-        .expect("running")
-        .services
-        .p2p
-        .info()
-        .await
-        .peers
-        .len()
+    services(node).p2p.info().await.peers.len()
 }
 
 /// Starts a node whose static peers are `peers` (mDNS off, loopback QUIC on a free port).
@@ -78,4 +96,83 @@ where
         assert!(start.elapsed() < limit, "condition not met within {limit:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `user` of `node` joins `room` through `via`'s node; returns the response.
+pub async fn join_via(node: &TestNode, user: &User, room: &str, via: &TestNode) -> Value {
+    let path = format!("{V3}/join/{}?server_name={}", enc(room), enc(&via.server_name()));
+    let (status, res) = node.post(&path, &user.token, json!({})).await;
+    assert_eq!(status, 200, "join: {res}");
+    res
+}
+
+/// Waits until `user` of `node` sees `member` joined to `room`.
+pub async fn sees_joined(node: &TestNode, user: &User, room: &str, member: &User) {
+    let members = format!("{V3}/rooms/{}/joined_members", enc(room));
+    wait_until(PATIENCE, || async {
+        let (_, res) = node.get(&members, &user.token).await;
+        res["joined"].get(&member.user_id).is_some()
+    })
+    .await;
+}
+
+/// Alice on `a` creates a public room and bob on `b` joins it; `a` has seen the join.
+pub async fn shared_room(a: &TestNode, b: &TestNode) -> (User, User, String) {
+    shared_room_with(a, b, json!({"preset": "public_chat"})).await
+}
+
+/// As [`shared_room`], the room made with `create`; bob is invited first unless it is public.
+pub async fn shared_room_with(a: &TestNode, b: &TestNode, create: Value) -> (User, User, String) {
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let public = create["preset"] == "public_chat";
+    let room = a.create_room(&alice, create).await;
+    if !public {
+        a.invite(&alice, &room, &bob).await;
+    }
+    join_via(b, &bob, &room, a).await;
+    sees_joined(a, &alice, &room, &bob).await;
+    (alice, bob, room)
+}
+
+/// Syncs `user` (initial, then incremental long-polls) until `pick` finds something in a
+/// response; returns it.
+pub async fn sync_until<T>(node: &TestNode, user: &User, pick: impl Fn(&Value) -> Option<T>) -> T {
+    let start = Instant::now();
+    let mut since: Option<String> = None;
+    loop {
+        let path = match &since {
+            Some(t) => format!("{V3}/sync?timeout=500&since={}", enc(t)),
+            None => format!("{V3}/sync"),
+        };
+        let (status, body) = node.get(&path, &user.token).await;
+        assert_eq!(status, 200, "sync: {body}");
+        if let Some(v) = pick(&body) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "not in /sync within {PATIENCE:?}; last: {body}"
+        );
+        since = body["next_batch"].as_str().map(str::to_owned);
+    }
+}
+
+/// The room's current state on `node` as `(type, state_key) → event_id`.
+pub async fn state_map(node: &TestNode, room: &str) -> BTreeMap<(String, String), String> {
+    let room = room.to_owned();
+    services(node)
+        .db
+        .read(move |c| meshserver::storage::state::current_state_ids(c, &room))
+        .await
+        .expect("state read")
+        .into_iter()
+        .collect()
+}
+
+/// Sets `user`'s display name on their node.
+pub async fn set_displayname(node: &TestNode, user: &User, name: &str) {
+    let path = format!("{V3}/profile/{}/displayname", enc(&user.user_id));
+    let (status, res) = node.put(&path, &user.token, json!({"displayname": name})).await;
+    assert_eq!(status, 200, "{res}");
 }

@@ -8,26 +8,10 @@ use meshserver::config::Config;
 use serde_json::{Value, json};
 
 use crate::common::{TestNode, User, enc};
-use crate::net::{addrs, mesh, peer_count, wait_until};
+use crate::net::{addrs, mesh, peer_count, services, shared_room_with, wait_until};
 
 /// Generous: the figure that matters is the one printed, measured from the restart.
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// alice (on `a`) and bob (on `b`) both joined to a room of alice's.
-async fn shared_room(a: &TestNode, b: &TestNode) -> (User, User, String) {
-    let alice = a.register("alice").await;
-    let bob = b.register("bob").await;
-    let room = a.create_room(&alice, json!({})).await;
-    a.invite(&alice, &room, &bob).await;
-    let path = format!(
-        "/_matrix/client/v3/join/{}?server_name={}",
-        enc(&room),
-        enc(&a.server_name())
-    );
-    let (status, res) = b.post(&path, &bob.token, json!({})).await;
-    assert_eq!(status, 200, "join: {res}");
-    (alice, bob, room)
-}
 
 /// The bodies of the text messages `user` sees in `room` in an initial /sync.
 async fn synced_bodies(node: &TestNode, user: &User, room: &str) -> Vec<String> {
@@ -59,8 +43,9 @@ async fn restart(dir: tempfile::TempDir, peer: &TestNode) -> (TestNode, Instant)
 
 /// Rows still queued on a node: `(destination, earliest due)`.
 async fn queued(node: &TestNode) -> Vec<(String, i64)> {
-    let db = node.node.as_ref().expect("running").services.db.clone();
-    db.read(meshserver::storage::outbox::schedule)
+    services(node)
+        .db
+        .read(meshserver::storage::outbox::schedule)
         .await
         .expect("outbox read")
 }
@@ -70,7 +55,7 @@ async fn a_node_that_was_down_gets_every_missed_message_right_after_restart() {
     let mut nodes = mesh(2).await;
     let b = nodes.pop().expect("b");
     let a = nodes.pop().expect("a");
-    let (alice, bob, room) = shared_room(&a, &b).await;
+    let (alice, bob, room) = shared_room_with(&a, &b, json!({})).await;
     a.send_text(&alice, &room, "before").await;
     wait_until(DEADLINE, || async {
         synced_bodies(&b, &bob, &room)

@@ -4,71 +4,25 @@
 use std::time::{Duration, Instant};
 
 use meshserver::room::{NewEvent, build_unsigned, sign};
-use ruma::{OwnedServerName, RoomId, ServerName, UserId};
+use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
 
 use crate::common::{TestNode, User, enc};
+use crate::net::{
+    addrs, join_via, mesh, peer_count, sees_joined, services, shared_room, start_in_with_peers,
+    start_with_peers, state_map, sync_until, wait_until,
+};
 
 mod trust;
-use crate::net::{addrs, mesh, peer_count, start_in_with_peers, start_with_peers, wait_until};
 
 const V3: &str = "/_matrix/client/v3";
 const WAIT: Duration = Duration::from_secs(15);
-
-fn server(node: &TestNode) -> OwnedServerName {
-    ServerName::parse(node.server_name()).expect("server name")
-}
-
-fn services(node: &TestNode) -> &meshserver::services::AppState {
-    &node.node.as_ref().expect("running").services
-}
-
-/// `user` of `node` joins `room` through `via`'s node, and `via` sees the join.
-async fn join_via(node: &TestNode, user: &User, room: &str, via: &TestNode, via_user: &User) {
-    let path = format!("{V3}/join/{}?server_name={}", enc(room), via.server_name());
-    let (status, res) = node.post(&path, &user.token, json!({})).await;
-    assert_eq!(status, 200, "join: {res}");
-    let members = format!("{V3}/rooms/{}/joined_members", enc(room));
-    wait_until(WAIT, || async {
-        let (_, res) = via.get(&members, &via_user.token).await;
-        res["joined"].get(&user.user_id).is_some()
-    })
-    .await;
-}
-
-/// Alice on `a` creates a public room and bob on `b` joins it.
-async fn shared_room(a: &TestNode, b: &TestNode) -> (User, User, String) {
-    let alice = a.register("alice").await;
-    let bob = b.register("bob").await;
-    let room = a.create_room(&alice, json!({"preset": "public_chat"})).await;
-    join_via(b, &bob, &room, a, &alice).await;
-    (alice, bob, room)
-}
 
 /// All message bodies of `room` as `user` reads them, oldest first.
 async fn history(node: &TestNode, user: &User, room: &str) -> Vec<String> {
     let mut b = node.message_bodies(user, room, "dir=b&limit=1000").await;
     b.reverse();
     b
-}
-
-/// Syncs `user` (initial, then incremental long-polls) until `pred` holds for a response.
-async fn sync_until(node: &TestNode, user: &User, pred: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    let mut since: Option<String> = None;
-    loop {
-        let path = match &since {
-            Some(t) => format!("{V3}/sync?timeout=500&since={}", enc(t)),
-            None => format!("{V3}/sync"),
-        };
-        let (status, body) = node.get(&path, &user.token).await;
-        assert_eq!(status, 200, "sync: {body}");
-        if pred(&body) {
-            return body;
-        }
-        assert!(start.elapsed() < WAIT, "sync never showed it; last: {body}");
-        since = body["next_batch"].as_str().map(str::to_owned);
-    }
 }
 
 fn room_part<'v>(sync: &'v Value, room: &str, part: &str) -> &'v Value {
@@ -83,12 +37,16 @@ async fn messages_cross_both_ways_into_sync() {
 
     a.send_text(&alice, &room, "from a").await;
     sync_until(b, &bob, |s| {
-        crate::common::bodies(room_part(s, &room, "timeline")).contains(&"from a".into())
+        crate::common::bodies(room_part(s, &room, "timeline"))
+            .contains(&"from a".into())
+            .then_some(())
     })
     .await;
     b.send_text(&bob, &room, "from b").await;
     sync_until(a, &alice, |s| {
-        crate::common::bodies(room_part(s, &room, "timeline")).contains(&"from b".into())
+        crate::common::bodies(room_part(s, &room, "timeline"))
+            .contains(&"from b".into())
+            .then_some(())
     })
     .await;
     assert_eq!(history(a, &alice, &room).await, history(b, &bob, &room).await);
@@ -106,10 +64,13 @@ async fn typing_and_receipts_cross_nodes() {
         .await;
     assert_eq!(status, 200, "{res}");
     sync_until(a, &alice, |s| {
-        room_part(s, &room, "ephemeral").as_array().is_some_and(|evs| {
-            evs.iter()
-                .any(|e| e["type"] == "m.typing" && e["content"]["user_ids"] == json!([bob.user_id]))
-        })
+        room_part(s, &room, "ephemeral")
+            .as_array()
+            .is_some_and(|evs| {
+                evs.iter()
+                    .any(|e| e["type"] == "m.typing" && e["content"]["user_ids"] == json!([bob.user_id]))
+            })
+            .then_some(())
     })
     .await;
 
@@ -120,11 +81,14 @@ async fn typing_and_receipts_cross_nodes() {
     let (status, res) = a.post(&path, &alice.token, json!({})).await;
     assert_eq!(status, 200, "{res}");
     sync_until(b, &bob, |s| {
-        room_part(s, &room, "ephemeral").as_array().is_some_and(|evs| {
-            evs.iter().any(|e| {
-                e["type"] == "m.receipt" && e["content"][&event]["m.read"].get(&alice.user_id).is_some()
+        room_part(s, &room, "ephemeral")
+            .as_array()
+            .is_some_and(|evs| {
+                evs.iter().any(|e| {
+                    e["type"] == "m.receipt" && e["content"][&event]["m.read"].get(&alice.user_id).is_some()
+                })
             })
-        })
+            .then_some(())
     })
     .await;
 }
@@ -201,7 +165,8 @@ async fn a_gap_reaching_back_before_the_join_is_jumped() {
     for i in 0..3 {
         old.push(a.send_text(&alice, &room, &format!("old {i}")).await);
     }
-    join_via(b, &bob, &room, a, &alice).await;
+    join_via(b, &bob, &room, a).await;
+    sees_joined(a, &alice, &room, &bob).await;
 
     // A fork off the last event before bob's join, as if alice had written it concurrently.
     let (room_id, alice_id, parent) = (
@@ -236,19 +201,7 @@ async fn a_gap_reaching_back_before_the_join_is_jumped() {
         );
     }
     wait_until(WAIT, || async {
-        current_state(a, &room).await == current_state(b, &room).await
+        state_map(a, &room).await == state_map(b, &room).await
     })
     .await;
-}
-
-async fn current_state(node: &TestNode, room: &str) -> Vec<(String, String, String)> {
-    let room = room.to_owned();
-    let state = services(node)
-        .db
-        .read(move |c| meshserver::storage::state::current_state_ids(c, &room))
-        .await
-        .expect("state");
-    let mut out: Vec<_> = state.into_iter().map(|((t, k), e)| (t, k, e)).collect();
-    out.sort();
-    out
 }

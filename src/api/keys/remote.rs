@@ -259,8 +259,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::p2p::serve::testkit::{node, other_server};
     use crate::storage::remote_e2ee::cache_user_keys;
+    use crate::testkit::{node, other_server};
 
     fn one(server: &ServerName, user: &str, devices: Vec<String>) -> ByServer<Vec<String>> {
         ByServer::from([(server.to_owned(), BTreeMap::from([(user.to_owned(), devices)]))])

@@ -10,7 +10,7 @@
 
 mod e2ee;
 mod global;
-mod rooms;
+pub(crate) mod rooms;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

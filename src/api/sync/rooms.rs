@@ -31,7 +31,7 @@ const BATCH: usize = 100;
 /// room's whole history. Past it the timeline reports `limited`.
 const MAX_SCAN: usize = 5000;
 /// State shown to invitees and knockers (the spec's recommended stripped state).
-const STRIPPED_TYPES: &[&str] = &[
+pub(crate) const STRIPPED_TYPES: &[&str] = &[
     "m.room.create",
     "m.room.join_rules",
     "m.room.name",

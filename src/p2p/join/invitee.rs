@@ -8,8 +8,8 @@ use ruma::signatures::Verified;
 use ruma::{RoomVersionId, ServerName};
 use serde_json::Value;
 
-use super::local_member_joined;
 use super::resident::incompatible;
+use super::{countersign, local_member_joined};
 use crate::identity::Identity;
 use crate::p2p::wire::WirePdu;
 use crate::pdu::Pdu;
@@ -94,13 +94,7 @@ pub fn receive_invite(
         ));
     }
 
-    ruma::signatures::sign_event(
-        identity.server_name().as_str(),
-        identity,
-        &mut event,
-        &rules.redaction,
-    )
-    .map_err(|e| Error::bad_json(e.to_string()))?;
+    countersign(identity, &mut event, &rules)?;
     let room = invite.room.as_str();
     if local_member_joined(tx, identity, room)? || get_pdu(tx, invite.event_id.as_str()).is_some() {
         return Ok(event);

@@ -9,6 +9,7 @@ use ruma::{
 };
 use serde_json::{Map, Value};
 
+use crate::api::membership::member_content;
 use crate::identity::key_map_for;
 use crate::p2p::wire::{Request, Response, WirePdu, encode_gossip};
 use crate::pdu::event_id_of;
@@ -22,16 +23,9 @@ use crate::{Error, Result};
 
 /// Most nodes one join tries.
 pub const MAX_CANDIDATES: usize = 8;
-/// The state sent with an invite so the invitee can show the room (the spec's stripped
-/// state types; the inviter's member event is added).
-const INVITE_STATE_TYPES: &[&str] = &[
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-];
+/// The state sent with an invite so the invitee can show the room: what its `/sync` shows
+/// invitees, plus the inviter's member event.
+use crate::api::sync::rooms::STRIPPED_TYPES as INVITE_STATE_TYPES;
 /// Longest profile field taken from another node.
 const MAX_PROFILE_FIELD: usize = 1024;
 
@@ -167,7 +161,7 @@ pub(crate) fn own_join(
     template: Value,
     user: &UserId,
     target: &str,
-    (displayname, avatar_url): (Option<String>, Option<String>),
+    profile: (Option<String>, Option<String>),
     reason: Option<String>,
 ) -> Result<(OwnedRoomId, Value)> {
     let bad = |m: &str| {
@@ -191,23 +185,13 @@ pub(crate) fn own_join(
     if !target.starts_with('#') && room_id.as_str() != target {
         return Err(bad("another room"));
     }
-    let mut content = Map::new();
-    content.insert("membership".into(), "join".into());
+    let mut content = member_content("join", profile, reason);
     if let Some(via) = t
         .get("content")
         .and_then(|c| c.get("join_authorised_via_users_server"))
         .and_then(Value::as_str)
     {
         content.insert("join_authorised_via_users_server".into(), via.into());
-    }
-    if let Some(d) = displayname {
-        content.insert("displayname".into(), d.into());
-    }
-    if let Some(a) = avatar_url {
-        content.insert("avatar_url".into(), a.into());
-    }
-    if let Some(r) = reason {
-        content.insert("reason".into(), r.into());
     }
     let mut ev = Map::new();
     for k in [
@@ -259,18 +243,7 @@ pub async fn invite_remote(
     target: &UserId,
     reason: Option<String>,
 ) -> Result<String> {
-    let (displayname, avatar_url) = remote_profile(s, target).await;
-    let mut content = Map::new();
-    content.insert("membership".into(), "invite".into());
-    if let Some(d) = displayname {
-        content.insert("displayname".into(), d.into());
-    }
-    if let Some(a) = avatar_url {
-        content.insert("avatar_url".into(), a.into());
-    }
-    if let Some(r) = reason {
-        content.insert("reason".into(), r.into());
-    }
+    let content = member_content("invite", remote_profile(s, target).await, reason);
     let ev = NewEvent::state("m.room.member", target.as_str(), Value::Object(content));
     let (identity, room_id, sender) = (s.identity.clone(), room.to_owned(), inviter.to_owned());
     let (version, pdu, invite_room_state) =

@@ -10,6 +10,7 @@ use ruma::{OwnedEventId, OwnedRoomId, RoomAliasId, RoomId, RoomVersionId, Server
 use rusqlite::Connection;
 use serde_json::{Map, Value};
 
+use super::countersign;
 use crate::identity::Identity;
 use crate::p2p::wire::{MAX_RESPONSE_BYTES, WirePdu};
 use crate::room::ingest::{Outcome, ingest};
@@ -146,13 +147,7 @@ pub fn send_join(
     let version = room_version(tx, room_id.as_str())?;
     let rules = rules_for(&version)?;
     if authoriser {
-        ruma::signatures::sign_event(
-            identity.server_name().as_str(),
-            identity,
-            &mut event,
-            &rules.redaction,
-        )
-        .map_err(|e| Error::bad_json(e.to_string()))?;
+        countersign(identity, &mut event, &rules)?;
     }
     let event_id = match ingest(tx, identity, event)? {
         Outcome::Stored { event_id, .. } | Outcome::AlreadyKnown(event_id) => event_id,

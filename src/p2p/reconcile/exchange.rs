@@ -125,9 +125,8 @@ pub async fn serve(
     } else {
         rooms.iter().map(|r| r.room_id.clone()).max()
     };
-    let in_span = |id: &str| {
-        after.as_deref().is_none_or(|a| id > a) && upper.as_deref().is_none_or(|u| id <= u)
-    };
+    let in_span =
+        |id: &str| after.as_deref().is_none_or(|a| id > a) && upper.as_deref().is_none_or(|u| id <= u);
     let asked = |id: &str| rooms.iter().any(|r| r.room_id == id);
     // The asked rooms we share, then (bounded) the shared ones the asker did not name.
     let mut answer: Vec<RoomHeads> = shared.iter().filter(|h| asked(&h.room_id)).cloned().collect();

@@ -67,7 +67,11 @@ impl Set {
 
     fn fingerprint(&self, a: usize, b: usize) -> String {
         use base64::Engine;
-        let fp: Vec<u8> = self.prefix[a].iter().zip(&self.prefix[b]).map(|(x, y)| x ^ y).collect();
+        let fp: Vec<u8> = self.prefix[a]
+            .iter()
+            .zip(&self.prefix[b])
+            .map(|(x, y)| x ^ y)
+            .collect();
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(fp)
     }
 
@@ -80,7 +84,12 @@ impl Set {
         if prev.0 < next.0 {
             return (next.0, String::new());
         }
-        let common = prev.1.bytes().zip(next.1.bytes()).take_while(|(a, b)| a == b).count();
+        let common = prev
+            .1
+            .bytes()
+            .zip(next.1.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
         let mut end = (common + 1).min(next.1.len());
         while !next.1.is_char_boundary(end) {
             end += 1;
@@ -201,7 +210,9 @@ impl Initiator {
         }
         let mut prev_hi: Option<Key> = None;
         for r in answer {
-            let lo = r.lo.or_else(|| prev_hi.clone()).ok_or(BadAnswer("range without a start"))?;
+            let lo =
+                r.lo.or_else(|| prev_hi.clone())
+                    .ok_or(BadAnswer("range without a start"))?;
             prev_hi = r.hi.clone();
             let within = self.asked.iter().any(|(alo, ahi)| {
                 *alo <= lo
@@ -221,8 +232,10 @@ impl Initiator {
                         return Err(BadAnswer("too many IDs in one range"));
                     }
                     let theirs: HashSet<&String> = ids.iter().collect();
-                    self.have.extend(self.set.ids_of(a, b).filter(|id| !theirs.contains(id)).cloned());
-                    self.need.extend(ids.iter().filter(|id| !self.set.contains(id)).cloned());
+                    self.have
+                        .extend(self.set.ids_of(a, b).filter(|id| !theirs.contains(id)).cloned());
+                    self.need
+                        .extend(ids.iter().filter(|id| !self.set.contains(id)).cloned());
                 }
                 (None, Some(fp)) => {
                     if fp == self.set.fingerprint(a, b) {

@@ -4,6 +4,7 @@
 //! the repair path (`replicate::ingest_with_repair`).
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use ruma::ServerName;
 use ruma::room_version_rules::RoomVersionRules;
@@ -36,6 +37,26 @@ pub struct CatchUp {
     /// Events fetched: by ID (`need`) and by whole ranges (`absent`).
     pub by_id: usize,
     pub by_range: usize,
+    /// Time spent storing what was fetched (the rest is the network and the peer).
+    pub ingest_ms: u64,
+}
+
+/// A `get_range` page from `lo`, requested in the background.
+fn request_range(
+    s: &AppState,
+    peer: &ServerName,
+    room_id: &str,
+    lo: Key,
+    hi: Option<Key>,
+) -> tokio::task::JoinHandle<Result<Response>> {
+    let (s, peer) = (s.clone(), peer.to_owned());
+    let req = Request::GetRange {
+        room_id: room_id.to_owned(),
+        lo,
+        hi,
+        limit: MAX_EVENTS_PER_RESPONSE as u32,
+    };
+    tokio::spawn(async move { s.p2p.request(&peer, req).await })
 }
 
 /// Catches up on `theirs.room_id` from `peer`, whose heads are `theirs`.
@@ -105,34 +126,35 @@ pub async fn reconcile_room(s: &AppState, peer: &ServerName, room_id: &str) -> R
     let mut absent = init.absent;
     absent.sort();
     for (lo, hi) in absent {
-        let mut from = lo;
-        loop {
-            let req = Request::GetRange {
-                room_id: room_id.to_owned(),
-                lo: from.clone(),
-                hi: hi.clone(),
-                limit: MAX_EVENTS_PER_RESPONSE as u32,
-            };
-            let pdus = match s.p2p.request(peer, req).await? {
-                Response::Events { pdus } => pdus,
+        let mut pending = Some(request_range(s, peer, room_id, lo, hi.clone()));
+        while let Some(fetching) = pending.take() {
+            let pdus = match fetching.await {
+                Ok(Ok(Response::Events { pdus })) => pdus,
+                Ok(Err(e)) => return Err(e),
                 _ => break,
             };
-            let mut page: Vec<(Key, (String, WirePdu))> =
-                pdus.into_iter().filter_map(|p| keyed_by_key(&rules, room_id, p)).collect();
+            let mut page: Vec<(Key, (String, WirePdu))> = pdus
+                .into_iter()
+                .filter_map(|p| keyed_by_key(&rules, room_id, p))
+                .collect();
             page.sort_by(|a, b| a.0.cmp(&b.0));
             let Some(last) = page.last().map(|(k, _)| k.clone()) else {
                 break;
             };
             stats.by_range += page.len();
+            // The next page travels while this one is stored. It starts at the key right
+            // after `last`: no event ID contains NUL.
+            let next = (last.0, format!("{}\u{0}", last.1));
+            pending = Some(request_range(s, peer, room_id, next, hi.clone()));
             // Events by ID that sort before this page go first.
             let mut batch = Vec::with_capacity(page.len());
             while by_id.front().is_some_and(|(k, _)| *k < page[0].0) {
                 batch.extend(by_id.pop_front().map(|(_, e)| e));
             }
             batch.extend(page.into_iter().map(|(_, e)| e));
+            let t = Instant::now();
             ingest_with_repair(s, room_id, &rules, batch, &servers).await?;
-            // The next key after `last`: no event ID contains NUL.
-            from = (last.0, format!("{}\u{0}", last.1));
+            stats.ingest_ms += t.elapsed().as_millis() as u64;
         }
     }
     let rest: Vec<(String, WirePdu)> = by_id.into_iter().map(|(_, e)| e).collect();
@@ -160,8 +182,12 @@ fn forbidden(s: &AppState) -> Response {
 /// Whether `origin` has a joined member in the room as this node sees it.
 async fn joined(s: &AppState, origin: &ServerName, room_id: &str) -> Result<bool> {
     let (room, server) = (room_id.to_owned(), origin.to_string());
-    s.db.read(move |c| Ok(server_members(c, &room, &server)?.iter().any(|(_, m)| m == "join")))
-        .await
+    s.db.read(move |c| {
+        Ok(server_members(c, &room, &server)?
+            .iter()
+            .any(|(_, m)| m == "join"))
+    })
+    .await
 }
 
 /// `/meshserver/reconcile/1` `reconcile`: one round, answered from the room's events of
@@ -216,7 +242,11 @@ pub async fn serve_range(
     }
     let room = room_id.to_owned();
     let n = (limit as usize).min(MAX_EVENTS_PER_RESPONSE);
-    let ids = match s.db.read(move |c| ids_in_range(c, &room, &lo, hi.as_ref(), n)).await {
+    let ids = match s
+        .db
+        .read(move |c| ids_in_range(c, &room, &lo, hi.as_ref(), n))
+        .await
+    {
         Ok(ids) => ids,
         Err(e) => return e.into(),
     };
@@ -224,9 +254,20 @@ pub async fn serve_range(
     let mut size = 0usize;
     for chunk in ids.chunks(MAX_EVENT_IDS) {
         // The events path applies the server's view (whole or redacted) and refusals.
-        match crate::p2p::replicate::serve(s, origin, Request::GetEvents { event_ids: chunk.to_vec() }).await {
+        match crate::p2p::replicate::serve(
+            s,
+            origin,
+            Request::GetEvents {
+                event_ids: chunk.to_vec(),
+            },
+        )
+        .await
+        {
             Response::Events { pdus: got } => {
-                size += got.iter().map(|p| serde_json::to_vec(p).map_or(0, |v| v.len())).sum::<usize>();
+                size += got
+                    .iter()
+                    .map(|p| serde_json::to_vec(p).map_or(0, |v| v.len()))
+                    .sum::<usize>();
                 pdus.extend(got);
             }
             other => return other,

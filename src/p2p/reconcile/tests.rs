@@ -43,7 +43,11 @@ fn reconcile(initiator: Vec<Key>, responder: Vec<Key>) -> Run {
             ranges,
         };
         bytes += encode(&req).unwrap().len();
-        bytes += encode(&Response::Ranges { ranges: answer.clone() }).unwrap().len();
+        bytes += encode(&Response::Ranges {
+            ranges: answer.clone(),
+        })
+        .unwrap()
+        .len();
         init.on_response(answer).unwrap();
     }
     Run {
@@ -78,7 +82,11 @@ fn check_exact(full: &[Key], d: usize) -> Run {
     // Named by ID, or inside a range this side holds nothing of (fetched whole).
     let in_absent: Vec<String> = full
         .iter()
-        .filter(|k| run.absent.iter().any(|(lo, hi)| *k >= lo && hi.as_ref().is_none_or(|h| *k < h)))
+        .filter(|k| {
+            run.absent
+                .iter()
+                .any(|(lo, hi)| *k >= lo && hi.as_ref().is_none_or(|h| *k < h))
+        })
         .map(|k| k.1.clone())
         .collect();
     let need: HashSet<String> = run.need.iter().chain(&in_absent).cloned().collect();
@@ -140,9 +148,15 @@ fn a_missing_tail_is_fetched_as_ranges_not_listed() {
         })
         .count();
     assert_eq!(covered, 10_000);
-    assert!(full[..90_000].iter().all(|k| !run.absent.iter().any(|(lo, hi)| k >= lo
-        && hi.as_ref().is_none_or(|h| k < h))));
-    println!("reconcile: 10,000-event tail: {} rounds, {} bytes", run.rounds, run.bytes);
+    assert!(full[..90_000].iter().all(|k| {
+        !run.absent
+            .iter()
+            .any(|(lo, hi)| k >= lo && hi.as_ref().is_none_or(|h| k < h))
+    }));
+    println!(
+        "reconcile: 10,000-event tail: {} rounds, {} bytes",
+        run.rounds, run.bytes
+    );
 }
 
 #[test]
@@ -155,11 +169,18 @@ fn chosen_ids_do_not_raise_the_round_bound() {
     keys.extend((0..n / 2).map(|i| (7, format!("$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA{i:09}"))));
     for d in [1, 16, 256, 1000] {
         let run = check_exact(&keys, d);
-        assert!(run.rounds <= round_bound(keys.len(), d), "{d}: {} rounds", run.rounds);
+        assert!(
+            run.rounds <= round_bound(keys.len(), d),
+            "{d}: {} rounds",
+            run.rounds
+        );
     }
     // The bound itself: a 100,000-event room settles in 5 levels, plus queued ranges.
     assert_eq!(round_bound(100_000, 1), 6);
-    assert_eq!(round_bound(100_000, 1000), 5 + (1 + 16 + 256 + 1000 + 1000usize).div_ceil(256));
+    assert_eq!(
+        round_bound(100_000, 1000),
+        5 + (1 + 16 + 256 + 1000 + 1000usize).div_ceil(256)
+    );
 }
 
 #[test]

@@ -15,7 +15,9 @@ use crate::identity::Identity;
 use crate::p2p::Counters;
 use crate::p2p::wire::{Request, Response, WirePdu};
 use crate::pdu::Pdu;
-use crate::room::import::{MAX_IMPORT_EVENTS, OUTLIER_AUTHORISED, received_pdu, set_outlier};
+use crate::room::import::{
+    MAX_IMPORT_EVENTS, OUTLIER_AUTHORISED, authorised_by_auth_events, received_pdu, set_outlier,
+};
 use crate::room::ingest::check_against;
 use crate::room::{Origin, persist};
 use crate::services::AppState;
@@ -127,7 +129,8 @@ fn store_at(
         if get_pdu(tx, &id).is_some() {
             continue;
         }
-        authorised_by_auth_events(tx, rules, pdu, &create)?;
+        authorised_by_auth_events(tx, rules, pdu, |id| get_pdu(tx, id.as_str()), &create)
+            .map_err(Error::forbidden)?;
         persist(tx, identity, rules, pdu, Some(group), true, Origin::Remote)?;
         set_outlier(tx, &id, OUTLIER_AUTHORISED)?;
     }
@@ -154,31 +157,4 @@ fn store_at(
         Origin::Remote,
     )?;
     Ok(())
-}
-
-/// An outlier's auth rules: against its auth events alone (which must be stored), standing
-/// in for the state before it, with the room's create event, which v12 events do not list.
-fn authorised_by_auth_events(
-    tx: &WriteTx<'_>,
-    rules: &RoomVersionRules,
-    pdu: &Pdu,
-    create: &str,
-) -> Result<()> {
-    let refuse =
-        |e: String| Error::forbidden(format!("{} not authorised by its auth events: {e}", pdu.event_id));
-    state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id| get_pdu(tx, id.as_str()))
-        .map_err(|e| refuse(e.to_string()))?;
-    let mut auth_state: HashMap<(String, String), String> = pdu
-        .auth_events
-        .iter()
-        .filter_map(|id| get_pdu(tx, id.as_str()))
-        .filter_map(|a| Some(((a.kind.to_string(), a.state_key.clone()?), a.event_id.to_string())))
-        .collect();
-    auth_state
-        .entry(("m.room.create".to_owned(), String::new()))
-        .or_insert_with(|| create.to_owned());
-    check_against(tx, rules, pdu, |t, k| {
-        auth_state.get(&(t.to_owned(), k.to_owned())).cloned()
-    })
-    .map_err(refuse)
 }

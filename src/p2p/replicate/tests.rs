@@ -1,22 +1,18 @@
 //! The pure parts of replication (frame parsing, the visibility rule, dependency order)
 //! and, on real SQLite files, what a server may read of a room.
 
+use ruma::OwnedRoomId;
 use ruma::canonical_json::CanonicalJsonObject;
-use ruma::{OwnedRoomId, OwnedUserId};
 use serde_json::{Value, json};
 
 use super::fetch::{dependency_order, keyed};
 use super::gossip::{Frame, edu_origin_ok, parse};
 use super::serving::{self, Refusal};
 use super::view::{ServerView, Setting, server_may_see};
-use crate::identity::Identity;
-use crate::notifier::Notifier;
 use crate::p2p::wire::{Edu, MAX_GOSSIP_BYTES, Response, WirePdu, encode_edu, encode_gossip};
-use crate::room::create::{CreateRoom, create_room};
-use crate::room::ingest::{Outcome, ingest};
-use crate::room::{NewEvent, append_local};
-use crate::storage::Db;
+use crate::room::NewEvent;
 use crate::storage::events::get_event;
+use crate::testkit::{Node, bare};
 
 fn obj(v: Value) -> CanonicalJsonObject {
     serde_json::from_value(v).unwrap()
@@ -117,74 +113,7 @@ fn dependencies_come_first() {
 
 // ---- On real databases: what a server may read.
 
-struct Node {
-    db: Db,
-    id: Identity,
-    _dir: tempfile::TempDir,
-}
-
-fn node(seed: u8) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path(), false, Notifier::default()).unwrap();
-    Node {
-        db,
-        id: Identity::from_seed([seed; 32], "a_t"),
-        _dir: dir,
-    }
-}
-
 impl Node {
-    fn user(&self, name: &str) -> OwnedUserId {
-        ruma::UserId::parse(format!("@{name}:{}", self.id.server_name())).unwrap()
-    }
-
-    async fn create(&self, creator: &OwnedUserId, req: Value) -> OwnedRoomId {
-        let (id, creator) = (self.id.clone(), creator.clone());
-        self.db
-            .write(move |tx| {
-                let req: CreateRoom = serde_json::from_value(req).unwrap();
-                let plan = req.plan(&id)?;
-                create_room(tx, &id, &creator, &req, plan)
-            })
-            .await
-            .unwrap()
-    }
-
-    async fn send(&self, room: &OwnedRoomId, sender: &OwnedUserId, ev: NewEvent) -> String {
-        let (id, room, sender) = (self.id.clone(), room.clone(), sender.clone());
-        self.db
-            .write(move |tx| {
-                Ok(append_local(tx, &id, &room, &sender, ev, None)?
-                    .event_id
-                    .to_string())
-            })
-            .await
-            .unwrap()
-    }
-
-    async fn pdus(&self) -> Vec<CanonicalJsonObject> {
-        self.db
-            .read(|c| {
-                let mut stmt = c.prepare("SELECT json FROM events ORDER BY stream_ordering")?;
-                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-                Ok(rows.map(|j| serde_json::from_str(&j.unwrap()).unwrap()).collect())
-            })
-            .await
-            .unwrap()
-    }
-
-    /// Hands this node everything `from` holds.
-    async fn take_all(&self, from: &Node) {
-        for json in from.pdus().await {
-            let id = self.id.clone();
-            let o = self.db.write(move |tx| ingest(tx, &id, json)).await.unwrap();
-            assert!(
-                matches!(o, Outcome::Stored { .. } | Outcome::AlreadyKnown(_)),
-                "{o:?}"
-            );
-        }
-    }
-
     /// Runs one serving function on a reader; `Err` when it refused.
     async fn ask(
         &self,
@@ -210,7 +139,7 @@ fn bodies(pdus: &[WirePdu]) -> Vec<String> {
 /// A room on A with `history_visibility` `joined`: a message before B's user joins, one
 /// after. Returns (A, B, C, room, message before, message after).
 async fn joined_only_room() -> (Node, Node, Node, OwnedRoomId, String, String) {
-    let (a, b, c) = (node(1), node(2), node(3));
+    let (a, b, c) = (bare(1), bare(2), bare(3));
     let (alice, bob) = (a.user("alice"), b.user("bob"));
     let room = a
         .create(
@@ -226,7 +155,9 @@ async fn joined_only_room() -> (Node, Node, Node, OwnedRoomId, String, String) {
             &alice,
             NewEvent::message("m.room.message", json!({"body": "before"})),
         )
-        .await;
+        .await
+        .event_id
+        .to_string();
     b.take_all(&a).await;
     b.send(
         &room,
@@ -241,7 +172,9 @@ async fn joined_only_room() -> (Node, Node, Node, OwnedRoomId, String, String) {
             &alice,
             NewEvent::message("m.room.message", json!({"body": "after"})),
         )
-        .await;
+        .await
+        .event_id
+        .to_string();
     (a, b, c, room, before, after)
 }
 

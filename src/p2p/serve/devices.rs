@@ -126,11 +126,11 @@ async fn update(s: &AppState, origin: &ruma::ServerName, content: Value) -> Resu
 mod tests {
     use serde_json::{Value, json};
 
-    use super::super::testkit::{TestNode, node, other_server, server};
     use crate::p2p::serve::handle;
     use crate::p2p::wire::{Request, Response};
     use crate::storage::e2ee::device_list_delta;
     use crate::storage::remote_e2ee::{CachedKeys, cache_user_keys, cached_keys};
+    use crate::testkit::{TestNode, node, other_server, server};
 
     fn update(content: Value) -> Request {
         Request::DeviceListUpdate { content }

@@ -43,9 +43,9 @@ async fn page(
 mod tests {
     use serde_json::json;
 
-    use super::super::testkit::{node, other_server};
     use crate::p2p::serve::handle;
     use crate::p2p::wire::{Request, Response};
+    use crate::testkit::{node, other_server};
 
     fn rooms(res: &Response) -> Vec<String> {
         let Response::Body(b) = res else {

@@ -66,9 +66,9 @@ mod tests {
 
     use serde_json::{Value, json};
 
-    use super::super::testkit::{node, other_server};
     use crate::p2p::serve::handle;
     use crate::p2p::wire::{Request, Response};
+    use crate::testkit::{node, other_server};
 
     fn body(res: Response) -> Value {
         match res {
@@ -124,7 +124,7 @@ mod tests {
         let a = node();
         let alice = a.add_user("alice").await;
         a.add_device(&alice, "PHONE", &["AAAA", "BBBB"]).await;
-        let (b_node, c_node) = (other_server(), super::super::testkit::server(8));
+        let (b_node, c_node) = (other_server(), crate::testkit::server(8));
         // Two peers claim at once; each gets a different key.
         let (x, y) = tokio::join!(
             handle(&a.s, &b_node, claim_req(&alice, "PHONE")),

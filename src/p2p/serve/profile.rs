@@ -35,10 +35,10 @@ async fn lookup(s: &AppState, user_id: &str, field: Option<String>) -> Result<Re
 mod tests {
     use serde_json::json;
 
-    use super::super::testkit::{node, other_server};
     use crate::p2p::serve::handle;
     use crate::p2p::wire::{Request, Response};
     use crate::storage::user_data::{ProfileField, set_profile_field};
+    use crate::testkit::{node, other_server};
 
     #[tokio::test]
     async fn answers_for_local_users_only() {

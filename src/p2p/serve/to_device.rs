@@ -90,9 +90,9 @@ async fn deliver(s: &AppState, origin: &ruma::ServerName, content: Value) -> Res
 mod tests {
     use serde_json::{Value, json};
 
-    use super::super::testkit::{node, other_server, server};
     use crate::p2p::serve::handle;
     use crate::p2p::wire::{Request, Response};
+    use crate::testkit::{node, other_server, server};
 
     fn msg(sender: &str, message_id: &str, messages: Value) -> Request {
         Request::ToDevice {

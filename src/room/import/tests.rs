@@ -9,75 +9,20 @@ use serde_json::{Value, json};
 
 use super::{JoinAnswer, import_join};
 use crate::Result;
-use crate::identity::Identity;
-use crate::notifier::Notifier;
 use crate::p2p::join::{remote, resident};
 use crate::pdu::Pdu;
-use crate::room::create::{CreateRoom, create_room};
 use crate::room::ingest::{Outcome, ingest};
-use crate::room::{NewEvent, SUPPORTED_VERSIONS, append_local, rules_for, sign};
-use crate::storage::Db;
+use crate::room::{NewEvent, SUPPORTED_VERSIONS, rules_for, sign};
 use crate::storage::events::{forward_extremities, room_events, stream_ordering_of};
-use crate::storage::state::{StateIds, current_state_ids, load_group};
+use crate::storage::state::load_group;
 use crate::storage::sync::state_group_at;
-
-struct Node {
-    db: Db,
-    id: Identity,
-    _dir: tempfile::TempDir,
-}
-
-fn node(seed: u8) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path(), false, Notifier::default()).unwrap();
-    Node {
-        db,
-        id: Identity::from_seed([seed; 32], "a_t"),
-        _dir: dir,
-    }
-}
+use crate::testkit::{Node, bare};
 
 fn versions() -> Vec<String> {
     SUPPORTED_VERSIONS.iter().map(|v| v.to_string()).collect()
 }
 
 impl Node {
-    /// A registered user of this node.
-    async fn user(&self, name: &str) -> OwnedUserId {
-        let user = ruma::UserId::parse(format!("@{name}:{}", self.id.server_name())).unwrap();
-        let u = user.to_string();
-        self.db
-            .write(move |tx| crate::storage::accounts::insert_user(tx, &u, None, 0))
-            .await
-            .unwrap();
-        user
-    }
-
-    async fn create(&self, creator: &OwnedUserId, req: Value) -> OwnedRoomId {
-        let (id, creator) = (self.id.clone(), creator.clone());
-        self.db
-            .write(move |tx| {
-                let req: CreateRoom = serde_json::from_value(req).unwrap();
-                let plan = req.plan(&id)?;
-                create_room(tx, &id, &creator, &req, plan)
-            })
-            .await
-            .unwrap()
-    }
-
-    async fn send(&self, room: &OwnedRoomId, sender: &OwnedUserId, ev: NewEvent) -> Pdu {
-        let (id, room, sender) = (self.id.clone(), room.clone(), sender.clone());
-        self.db
-            .write(move |tx| append_local(tx, &id, &room, &sender, ev, None))
-            .await
-            .unwrap()
-    }
-
-    async fn state(&self, room: &OwnedRoomId) -> StateIds {
-        let room = room.to_string();
-        self.db.read(move |c| current_state_ids(c, &room)).await.unwrap()
-    }
-
     async fn make_join(
         &self,
         origin: &Node,
@@ -175,8 +120,8 @@ async fn timeline(n: &Node, room: &OwnedRoomId) -> Vec<String> {
 
 #[tokio::test]
 async fn a_join_through_the_resident_brings_the_whole_state_and_only_the_join_to_the_timeline() {
-    let (a, b) = (node(1), node(2));
-    let (alice, bob) = (a.user("alice").await, b.user("bob").await);
+    let (a, b) = (bare(1), bare(2));
+    let (alice, bob) = (a.register("alice").await, b.register("bob").await);
     let room = a
         .create(
             &alice,
@@ -255,8 +200,12 @@ async fn a_join_through_the_resident_brings_the_whole_state_and_only_the_join_to
 
 #[tokio::test]
 async fn a_third_node_joins_through_a_node_that_did_not_create_the_room() {
-    let (a, b, c) = (node(1), node(2), node(3));
-    let (alice, bob, carol) = (a.user("alice").await, b.user("bob").await, c.user("carol").await);
+    let (a, b, c) = (bare(1), bare(2), bare(3));
+    let (alice, bob, carol) = (
+        a.register("alice").await,
+        b.register("bob").await,
+        c.register("carol").await,
+    );
     let room = a
         .create(&alice, json!({"preset": "public_chat", "name": "mesh"}))
         .await;
@@ -281,8 +230,8 @@ async fn a_third_node_joins_through_a_node_that_did_not_create_the_room() {
 
 #[tokio::test]
 async fn answers_that_do_not_check_out_are_refused_and_leave_nothing_behind() {
-    let (a, b) = (node(1), node(2));
-    let (alice, bob) = (a.user("alice").await, b.user("bob").await);
+    let (a, b) = (bare(1), bare(2));
+    let (alice, bob) = (a.register("alice").await, b.register("bob").await);
     let room = a
         .create(&alice, json!({"preset": "public_chat", "name": "mesh"}))
         .await;
@@ -357,8 +306,8 @@ async fn pdu_json(n: &Node, event_id: String) -> CanonicalJsonObject {
 
 #[tokio::test]
 async fn the_resident_refuses_what_the_requesting_node_may_not_ask() {
-    let (a, b, c) = (node(1), node(2), node(3));
-    let (alice, bob) = (a.user("alice").await, b.user("bob").await);
+    let (a, b, c) = (bare(1), bare(2), bare(3));
+    let (alice, bob) = (a.register("alice").await, b.register("bob").await);
     let room = a
         .create(&alice, json!({"preset": "public_chat", "name": "mesh"}))
         .await;

@@ -9,8 +9,8 @@ use ruma::canonical_json::{CanonicalJsonObject, CanonicalJsonValue};
 use ruma::{RoomId, ServerName, UserId};
 use serde_json::{Value, json};
 
-use super::{WAIT, history, holds, server, services, shared_room};
-use crate::net::{addrs, mesh, peer_count, start_with_peers, wait_until};
+use super::{WAIT, history, holds};
+use crate::net::{addrs, mesh, peer_count, server, services, shared_room, start_with_peers, wait_until};
 
 /// A PDU signed by `signer` under `server`'s name.
 fn signed_as(

@@ -230,7 +230,42 @@ fn every_request(room: &ExampleRoom) -> Vec<Request> {
             content: json!({"sender": bob, "type": "m.room_key", "message_id": "m1",
                 "messages": {&bob: {"*": {"k": 1}}}}),
         },
+        Request::Extremities {
+            after: Some("!a".into()),
+            rooms: vec![heads(&r, &ids)],
+            complete: true,
+        },
+        Request::Reconcile {
+            room_id: r.clone(),
+            key: "ab".repeat(32),
+            lower: 1,
+            ranges: vec![range(&ids)],
+        },
+        Request::GetRange {
+            room_id: r.clone(),
+            lo: (1, String::new()),
+            hi: Some((4, ids[3].clone())),
+            limit: 1000,
+        },
     ]
+}
+
+fn heads(room_id: &str, ids: &[String]) -> RoomHeads {
+    RoomHeads {
+        room_id: room_id.to_owned(),
+        extremities: ids.iter().rev().take(1).cloned().collect(),
+        depth: 4,
+    }
+}
+
+/// A reconcile range with every field but `ids` set.
+fn range(ids: &[String]) -> Range {
+    Range {
+        lo: Some((1, String::new())),
+        hi: Some((4, ids.first().map_or("$", |i| &i[..3]).to_owned())),
+        fp: Some("A".repeat(22)),
+        ids: None,
+    }
 }
 
 fn every_response(room: &ExampleRoom) -> Vec<Response> {
@@ -256,9 +291,21 @@ fn every_response(room: &ExampleRoom) -> Vec<Response> {
             pdus: vec![pdu.clone()],
             pdu_ids: vec![id.clone()],
             auth_chain: vec![pdu],
-            auth_chain_ids: vec![id],
+            auth_chain_ids: vec![id.clone()],
         },
         Response::Body(json!({"displayname": "Bob"})),
+        Response::Extremities {
+            rooms: vec![heads(&room.room_id, &[id.clone()])],
+        },
+        Response::Ranges {
+            ranges: vec![
+                range(std::slice::from_ref(&id)),
+                Range {
+                    ids: Some(vec![id.clone()]),
+                    ..range(&[])
+                },
+            ],
+        },
     ]
 }
 

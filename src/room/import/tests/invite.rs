@@ -4,15 +4,16 @@
 use ruma::canonical_json::CanonicalJsonObject;
 use serde_json::json;
 
-use super::{Node, node, timeline};
+use super::timeline;
 use crate::p2p::join::{invitee, remote};
 use crate::room::ingest::{Outcome, ingest};
 use crate::room::{NewEvent, build_unsigned, rules_for, sign};
+use crate::testkit::{Node, bare};
 
 #[tokio::test]
 async fn an_invite_is_countersigned_shown_to_the_invitee_and_accepted_through_the_inviter() {
-    let (a, b, c) = (node(1), node(2), node(3));
-    let (alice, bob) = (a.user("alice").await, b.user("bob").await);
+    let (a, b, c) = (bare(1), bare(2), bare(3));
+    let (alice, bob) = (a.register("alice").await, b.register("bob").await);
     let room = a
         .create(&alice, json!({"preset": "private_chat", "name": "secret"}))
         .await;
