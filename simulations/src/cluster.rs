@@ -1,7 +1,8 @@
 //! One variant's live network: a real meshserver node per index (own data dir, SQLite
-//! file, key, swarm), and two netem relays per link (one per dialling direction). A node
-//! reaches a neighbour only through the relay: the relay's port is that neighbour's static
-//! peer address, and nodes do not learn each other's real addresses.
+//! file, key, swarm), and one netem relay per link. A node reaches a neighbour only
+//! through the relay: the relay's port is that neighbour's static peer address on both
+//! sides (each side may dial; QUIC tells the two connections apart by connection ID), and
+//! nodes do not learn each other's real addresses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -30,10 +31,9 @@ pub struct Slot {
     pub host: Arc<HostAddr>,
 }
 
+/// Link `(a, b)`: the relay's `forward` direction is a→b, `backward` b→a.
 pub struct Link {
-    /// `a` dials `b` through `fwd`; `b` dials `a` through `back`.
-    pub fwd: Relay,
-    pub back: Relay,
+    pub relay: Relay,
 }
 
 pub struct Cluster {
@@ -88,9 +88,8 @@ impl Cluster {
             let model = overrides.get(&(a, b)).unwrap_or(&s.link).clone();
             let (ha, hb) = (slots[a].host.clone(), slots[b].host.clone());
             let link_seed = seed ^ ((a as u64) << 32 | b as u64);
-            let fwd = Relay::start(ha.clone(), hb.clone(), model.clone(), link_seed).await?;
-            let back = Relay::start(hb, ha, model, link_seed ^ 1).await?;
-            links.insert((a, b), Link { fwd, back });
+            let relay = Relay::start(ha, hb, model, link_seed).await?;
+            links.insert((a, b), Link { relay });
         }
         Ok(Cluster {
             variant,
@@ -108,8 +107,8 @@ impl Cluster {
         let mut out = Vec::new();
         for (&(a, b), l) in &self.links {
             let (other, relay) = match (a == i, b == i) {
-                (true, _) => (b, &l.fwd),
-                (_, true) => (a, &l.back),
+                (true, _) => (b, &l.relay),
+                (_, true) => (a, &l.relay),
                 _ => continue,
             };
             out.push(format!(
@@ -212,25 +211,20 @@ impl Cluster {
             let separated = split.values().any(|g| g[a] != g[b]);
             let out_of_range = range.as_ref().is_some_and(|r| !r.contains(&(a, b)));
             if separated || out_of_range {
-                l.fwd.cut();
-                l.back.cut();
+                l.relay.cut();
             } else {
-                l.fwd.heal();
-                l.back.heal();
+                l.relay.heal();
             }
         }
     }
 
     /// Every relay's counters, by link.
-    pub fn relay_stats(&self) -> BTreeMap<Edge, (RelayStats, RelayStats)> {
-        self.links
-            .iter()
-            .map(|(&e, l)| (e, (l.fwd.stats(), l.back.stats())))
-            .collect()
+    pub fn relay_stats(&self) -> BTreeMap<Edge, RelayStats> {
+        self.links.iter().map(|(&e, l)| (e, l.relay.stats())).collect()
     }
 
     pub fn links_up(&self) -> usize {
-        self.links.values().filter(|l| l.fwd.is_up()).count()
+        self.links.values().filter(|l| l.relay.is_up()).count()
     }
 
     pub async fn stop_all(&self) {

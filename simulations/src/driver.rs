@@ -63,8 +63,8 @@ pub struct Raw {
     pub join_failures: Vec<(usize, usize, String)>,
     pub heals: Vec<Heal>,
     pub samples: Vec<Sample>,
-    pub stats_t0: BTreeMap<Edge, (RelayStats, RelayStats)>,
-    pub stats_end: BTreeMap<Edge, (RelayStats, RelayStats)>,
+    pub stats_t0: BTreeMap<Edge, RelayStats>,
+    pub stats_end: BTreeMap<Edge, RelayStats>,
     pub seen: Vec<HashMap<String, Instant>>,
     /// Per node: event ID → duplicate gossip copies dropped.
     pub duplicates: Vec<HashMap<String, u32>>,
@@ -98,8 +98,10 @@ async fn measure_idle(c: &Cluster, seconds: f64) -> Idle {
     let total = |c: &Cluster| {
         c.relay_stats()
             .values()
-            .flat_map(|(f, b)| [f.forward, f.backward, b.forward, b.backward])
-            .fold((0, 0), |(by, dg), d| (by + d.offered_bytes, dg + d.offered_datagrams))
+            .flat_map(|r| [r.forward, r.backward])
+            .fold((0, 0), |(by, dg), d| {
+                (by + d.offered_bytes, dg + d.offered_datagrams)
+            })
     };
     let ((bytes0, datagrams0), cpu0) = (total(c), observe::cpu_seconds());
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
@@ -189,8 +191,18 @@ pub async fn run(s: &Scenario, plan: &Plan, variant: Variant, seed: u64, dir: &P
                 let (c, sends, room_id) = (c.clone(), sends.clone(), room_ids[room].clone());
                 let body = "x".repeat(s.workload.body_bytes);
                 let planned_ms = step.at_ms;
+                let joined = joined.clone();
                 tasks.spawn(async move {
-                    let r = send(&c, node, room_id, msg, state, body).await;
+                    let r = send(&c, node, room_id.clone(), msg, state, body).await;
+                    if let (Ok((_, id)), Variant::Fullmesh) = (&r, c.variant) {
+                        let members: Vec<usize> = joined
+                            .lock()
+                            .map(|j| j[room].keys().copied().filter(|&m| m != node).collect())
+                            .unwrap_or_default();
+                        if let Some(s) = c.services(node).await {
+                            setup::announce(&c, &s, &room_id, &members, Some(vec![id.clone()])).await;
+                        }
+                    }
                     let (sent, event_id, error) = match r {
                         Ok((at, id)) => (Some(at), Some(id), None),
                         Err(e) => (None, None, Some(e)),

@@ -141,19 +141,17 @@ pub struct WireTotals {
 
 fn wire_totals(raw: &Raw) -> WireTotals {
     let mut w = WireTotals::default();
-    for (f, b) in raw.stats_end.values() {
-        for r in [f, b] {
-            for d in [r.forward, r.backward] {
-                w.offered_datagrams += d.offered_datagrams;
-                w.offered_bytes += d.offered_bytes;
-                w.delivered_datagrams += d.delivered_datagrams;
-                w.delivered_bytes += d.delivered_bytes;
-                w.lost += d.lost;
-                w.cut += d.cut;
-                w.overflow += d.overflow;
-            }
-            w.stray += r.stray;
+    for r in raw.stats_end.values() {
+        for d in [r.forward, r.backward] {
+            w.offered_datagrams += d.offered_datagrams;
+            w.offered_bytes += d.offered_bytes;
+            w.delivered_datagrams += d.delivered_datagrams;
+            w.delivered_bytes += d.delivered_bytes;
+            w.lost += d.lost;
+            w.cut += d.cut;
+            w.overflow += d.overflow;
         }
+        w.stray += r.stray;
     }
     w
 }
@@ -365,7 +363,9 @@ pub fn compute(raw: &Raw, plan: &Plan) -> Metrics {
         db_bytes_max: raw.db_bytes.iter().copied().max().unwrap_or(0),
         max_timeline_lag_ms: raw.max_lag_ms,
         wire: wire_totals(raw),
-        idle_cpu_ms_per_node_per_s: raw.idle.cpu_s * 1000.0 / started.max(1) as f64 / raw.idle.seconds.max(1e-9),
+        idle_cpu_ms_per_node_per_s: raw.idle.cpu_s * 1000.0
+            / started.max(1) as f64
+            / raw.idle.seconds.max(1e-9),
         idle_bytes_per_node_per_s: raw.idle.bytes as f64 / started.max(1) as f64 / raw.idle.seconds.max(1e-9),
     };
     Metrics {
@@ -383,14 +383,13 @@ fn node_rows(raw: &Raw, plan: &Plan, sent: usize, deliveries: &[Delivery]) -> Ve
     let mut tx = vec![(0u64, 0u64); n];
     let mut rx = vec![(0u64, 0u64); n];
     let mut degree = vec![0; n];
-    for (&(a, b), (f1, b1)) in &raw.stats_end {
-        let (f0, b0) = raw.stats_t0.get(&(a, b)).copied().unwrap_or_default();
+    for (&(a, b), r1) in &raw.stats_end {
+        let r0 = raw.stats_t0.get(&(a, b)).copied().unwrap_or_default();
         degree[a] += 1;
         degree[b] += 1;
-        // fwd relay: a dials b. forward = a→b, backward = b→a. back relay: b dials a.
         let d = |x: u64, y: u64| x.saturating_sub(y);
-        let a_to_b = [(f1.forward, f0.forward), (b1.backward, b0.backward)];
-        let b_to_a = [(f1.backward, f0.backward), (b1.forward, b0.forward)];
+        let a_to_b = [(r1.forward, r0.forward)];
+        let b_to_a = [(r1.backward, r0.backward)];
         for (now, then) in a_to_b {
             tx[a].0 += d(now.offered_bytes, then.offered_bytes);
             tx[a].1 += d(now.offered_datagrams, then.offered_datagrams);

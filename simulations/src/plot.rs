@@ -160,7 +160,12 @@ fn convergence<DB: DrawingBackend>(
     for (t, _) in marks {
         let x = t / 1000.0;
         chart
-            .draw_series(DashedLineSeries::new(vec![(x, 0.0), (x, 1.05)], 6, 4, RGBColor(255, 127, 14).stroke_width(2)))
+            .draw_series(DashedLineSeries::new(
+                vec![(x, 0.0), (x, 1.05)],
+                6,
+                4,
+                RGBColor(255, 127, 14).stroke_width(2),
+            ))
             .map_err(err)?;
     }
     for (name, m) in runs {

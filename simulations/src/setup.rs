@@ -190,7 +190,7 @@ async fn join_one(
                     if c.variant == Variant::Fullmesh
                         && let Some(resident) = c.services(v).await
                     {
-                        announce(c, &resident, room, &others).await;
+                        announce(c, &resident, room, &others, None).await;
                     }
                     return;
                 }
@@ -232,13 +232,28 @@ pub async fn wait_members_seen(c: &Cluster, plan: &Plan, room_ids: &[OwnedRoomId
 /// gossip from the node that let it in (neither node's outbox carries it; the joining
 /// node's heads would be refused by members that do not know it joined): that node
 /// announces its heads to every member, as a naive fan-out would.
-async fn announce(c: &Cluster, s: &meshserver::services::AppState, room: &OwnedRoomId, members: &[usize]) {
+///
+/// The baseline also fans each new event out this way the moment it is committed
+/// (`heads` = its ID): the outbox would send the same heads, but only after coalescing
+/// for `COALESCE_MS`, a delay a naive fan-out would not have.
+pub async fn announce(
+    c: &Cluster,
+    s: &meshserver::services::AppState,
+    room: &OwnedRoomId,
+    members: &[usize],
+    heads: Option<Vec<String>>,
+) {
     let r = room.to_string();
-    let Ok(extremities) =
-        s.db.read(move |conn| meshserver::storage::events::forward_extremities(conn, &r))
+    let extremities = match heads {
+        Some(h) => h,
+        None => match s
+            .db
+            .read(move |conn| meshserver::storage::events::forward_extremities(conn, &r))
             .await
-    else {
-        return;
+        {
+            Ok(e) => e,
+            Err(_) => return,
+        },
     };
     let mut set = JoinSet::new();
     for &m in members {

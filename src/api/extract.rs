@@ -3,6 +3,7 @@
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use rusqlite::Connection;
 use serde::de::DeserializeOwned;
 
 use crate::services::AppState;
@@ -34,14 +35,34 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let token = access_token(parts).ok_or_else(Error::missing_token)?;
-        let owner = state.db.read(move |c| token_owner(c, &token)).await?;
-        let (user, device) = owner.ok_or_else(Error::unknown_token)?;
+        let token = Token::from_request_parts(parts, state).await?;
+        state.db.read(move |c| token.owner(c)).await
+    }
+}
+
+/// An access token present in the request (else `M_MISSING_TOKEN`) but not yet looked up.
+/// A handler that writes looks it up on the writer's thread just before its write
+/// (`Db::write_checked(|c| token.owner(c), …)`), which saves the request a trip to a
+/// reader's thread; an unknown token still fails before any transaction begins.
+pub struct Token(String);
+
+impl Token {
+    /// The user and device the token belongs to, or `M_UNKNOWN_TOKEN`.
+    pub fn owner(&self, conn: &Connection) -> Result<Auth> {
+        let (user, device) = token_owner(conn, &self.0)?.ok_or_else(Error::unknown_token)?;
         let user_id = ruma::UserId::parse(&user).map_err(|_| Error::internal("bad stored user ID"))?;
         Ok(Auth {
             user_id,
             device_id: device,
         })
+    }
+}
+
+impl FromRequestParts<AppState> for Token {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self> {
+        access_token(parts).map(Token).ok_or_else(Error::missing_token)
     }
 }
 

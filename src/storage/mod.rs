@@ -22,10 +22,10 @@ pub mod state;
 pub mod sync;
 pub mod user_data;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ops::Deref;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -34,6 +34,11 @@ use crate::{Error, Result};
 use pdu_cache::PduCache;
 
 const READERS: usize = 4;
+
+/// How often the background checkpoint runs while writes come in. A send writes some 16 WAL
+/// pages; at 1,000 sends a second, a second's worth would pass the `wal_autocheckpoint`
+/// backstop (10,000 pages) and the committing send would copy it, fsyncs included.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[derive(Clone)]
 pub struct Db {
@@ -54,14 +59,15 @@ struct Writer {
     conn: Connection,
     /// Only touched while the writer's lock is held.
     pdus: RefCell<PduCache>,
+    /// `meta.stream_pos` as last committed; only [`WriteTx::next_stream_id`] moves it.
+    stream_pos: Cell<i64>,
 }
 
 /// The write transaction handed to `Db::write` closures: the writer connection inside
 /// `BEGIN IMMEDIATE`. Dropped without [`WriteTx::commit`] (the closure failed or
 /// panicked), it rolls back.
 pub struct WriteTx<'c> {
-    conn: &'c Connection,
-    pdus: &'c RefCell<PduCache>,
+    writer: &'c Writer,
     last_stream_id: Option<i64>,
     committed: bool,
 }
@@ -69,35 +75,49 @@ pub struct WriteTx<'c> {
 impl Deref for WriteTx<'_> {
     type Target = Connection;
     fn deref(&self) -> &Connection {
-        self.conn
+        &self.writer.conn
     }
 }
 
 impl<'c> WriteTx<'c> {
     fn begin(writer: &'c Writer) -> Result<Self> {
+        if !writer.conn.is_autocommit() {
+            // An earlier rollback failed; without this, every later BEGIN would fail too.
+            writer.conn.execute_batch("ROLLBACK")?;
+        }
         // Cached statements: BEGIN and COMMIT run on every write, and `execute_batch` would
         // parse and finalise them each time.
         writer.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         Ok(WriteTx {
-            conn: &writer.conn,
-            pdus: &writer.pdus,
+            writer,
             last_stream_id: None,
             committed: false,
         })
     }
 
     fn commit(mut self) -> Result<Option<i64>> {
-        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.writer.conn.prepare_cached("COMMIT")?.execute([])?;
         self.committed = true;
+        if let Some(pos) = self.last_stream_id {
+            self.writer.stream_pos.set(pos);
+        }
         Ok(self.last_stream_id)
     }
 
     /// Allocates the next global stream position; durable with the transaction.
     pub fn next_stream_id(&mut self) -> Result<i64> {
-        let id: i64 = self
-            .conn
-            .prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'stream_pos' RETURNING value")?
-            .query_row([], |r| r.get(0))?;
+        let id = self.last_stream_id.unwrap_or(self.writer.stream_pos.get()) + 1;
+        // The position is known here, so a plain UPDATE does (`RETURNING` would cost an
+        // ephemeral table and a statement journal on every event). The guard makes a write
+        // to `stream_pos` from anywhere else fail loudly rather than reuse a position.
+        let moved = self
+            .prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'stream_pos' AND value = ?1 - 1")?
+            .execute([id])?;
+        if moved != 1 {
+            return Err(Error::internal(
+                "meta.stream_pos was moved outside next_stream_id",
+            ));
+        }
         self.last_stream_id = Some(id);
         Ok(id)
     }
@@ -105,7 +125,7 @@ impl<'c> WriteTx<'c> {
     /// A stored event's PDU, parsed at most once while it stays unchanged in the store
     /// (see [`pdu_cache`]); `None` if the node does not hold it.
     pub fn pdu(&self, event_id: &str) -> Option<Arc<crate::pdu::Pdu>> {
-        events::get_pdu_cached(self.conn, self.pdus, event_id)
+        events::get_pdu_cached(&self.writer.conn, &self.writer.pdus, event_id)
     }
 }
 
@@ -113,8 +133,8 @@ impl Drop for WriteTx<'_> {
     fn drop(&mut self) {
         // A failed COMMIT may already have ended the transaction.
         if !self.committed
-            && !self.conn.is_autocommit()
-            && let Err(e) = self.conn.execute_batch("ROLLBACK")
+            && !self.writer.conn.is_autocommit()
+            && let Err(e) = self.writer.conn.execute_batch("ROLLBACK")
         {
             tracing::error!(error = %e, "rollback failed");
         }
@@ -142,6 +162,7 @@ impl Db {
                 writer: Mutex::new(Writer {
                     conn: writer,
                     pdus: RefCell::new(PduCache::default()),
+                    stream_pos: Cell::new(pos),
                 }),
                 readers: Mutex::new(Vec::new()),
                 path,
@@ -161,14 +182,27 @@ impl Db {
         F: FnOnce(&mut WriteTx<'_>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
+        self.write_checked(|_| Ok(()), |tx, ()| f(tx)).await
+    }
+
+    /// [`Db::write`] preceded by `check`, a read on the writer's connection outside any
+    /// transaction, whose result `f` is given. A write that must first authenticate its
+    /// request (`api::extract::Token`) saves a trip to a reader's thread this way, and a
+    /// request that fails the check never begins a write transaction.
+    pub async fn write_checked<C, A, F, R>(&self, check: C, f: F) -> Result<R>
+    where
+        C: FnOnce(&Connection) -> Result<A> + Send + 'static,
+        F: FnOnce(&mut WriteTx<'_>, A) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
         let inner = self.inner.clone();
         run_blocking(move || {
-            let writer = inner
-                .writer
-                .lock()
-                .map_err(|_| Error::internal("writer poisoned"))?;
+            // A closure that panicked left the lock poisoned, but its WriteTx rolled back
+            // as it unwound: the connection is as clean as after an error.
+            let writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let checked = check(&writer.conn)?;
             let mut wtx = WriteTx::begin(&writer)?;
-            let out = f(&mut wtx)?;
+            let out = f(&mut wtx, checked)?;
             let last = wtx.commit()?;
             inner.written.notify_one();
             if let Some(pos) = last {
@@ -201,8 +235,9 @@ impl Db {
         .await
     }
 
-    /// Moves committed WAL pages into the database file in the background, at most once a
-    /// second and only after writes, so commits stay cheap and an idle node stays asleep.
+    /// Moves committed WAL pages into the database file in the background, at most every
+    /// [`CHECKPOINT_EVERY`] and only after writes, so commits stay cheap and an idle node
+    /// stays asleep.
     pub async fn run_checkpoints(self) {
         let conn = match Connection::open(&self.inner.path).and_then(|c| configure(&c).map(|()| c)) {
             Ok(c) => std::sync::Arc::new(Mutex::new(c)),
@@ -213,7 +248,7 @@ impl Db {
         };
         loop {
             self.inner.written.notified().await;
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
             let conn = conn.clone();
             let done = tokio::task::spawn_blocking(move || {
                 let conn = conn

@@ -47,7 +47,11 @@ impl PduCache {
 
     pub fn insert(&mut self, pdu: Arc<Pdu>, redacted_by: Option<String>) {
         if self.entries.len() >= CAPACITY
-            && let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| k.clone())
+            && let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| k.clone())
         {
             self.entries.remove(&oldest);
         }
@@ -68,3 +72,6 @@ impl PduCache {
         self.entries.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests;

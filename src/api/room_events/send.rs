@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{parse_event_id, parse_room_id};
 use crate::api::client;
-use crate::api::extract::{Auth, JsonBody};
+use crate::api::extract::{JsonBody, Token};
 use crate::room::create::{power_needed, power_of};
 use crate::room::{NewEvent, Txn, append_local};
 use crate::services::AppState;
@@ -29,7 +29,7 @@ pub fn add(r: Router<AppState>) -> Router<AppState> {
 /// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
 async fn send(
     State(s): State<AppState>,
-    auth: Auth,
+    token: Token,
     Path((room_id, event_type, txn_id)): Path<(String, String, String)>,
     JsonBody(content): JsonBody<Value>,
 ) -> Result<Json<Value>> {
@@ -46,7 +46,7 @@ async fn send(
         ev.redacts = Some(parse_event_id(target)?.to_string());
     }
     let txn = ClientTxn::new("send", [room.as_str(), &event_type], txn_id);
-    let event_id = send_event(&s, auth, room, ev, Some(txn)).await?;
+    let event_id = send_event(&s, token, room, ev, Some(txn)).await?;
     Ok(Json(json!({"event_id": event_id})))
 }
 
@@ -58,7 +58,7 @@ struct RedactBody {
 /// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}`
 async fn redact(
     State(s): State<AppState>,
-    auth: Auth,
+    token: Token,
     Path((room_id, event_id, txn_id)): Path<(String, String, String)>,
     JsonBody(body): JsonBody<RedactBody>,
 ) -> Result<Json<Value>> {
@@ -71,33 +71,33 @@ async fn redact(
     let mut ev = NewEvent::message("m.room.redaction", content);
     ev.redacts = Some(target.to_string());
     let txn = ClientTxn::new("redact", [room.as_str(), target.as_str()], txn_id);
-    let event_id = send_event(&s, auth, room, ev, Some(txn)).await?;
+    let event_id = send_event(&s, token, room, ev, Some(txn)).await?;
     Ok(Json(json!({"event_id": event_id})))
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
 pub(super) async fn put_state(
     State(s): State<AppState>,
-    auth: Auth,
+    token: Token,
     Path((room_id, event_type, state_key)): Path<(String, String, String)>,
     JsonBody(content): JsonBody<Value>,
 ) -> Result<Json<Value>> {
-    put_state_inner(s, auth, room_id, event_type, state_key, content).await
+    put_state_inner(s, token, room_id, event_type, state_key, content).await
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}` (empty state key)
 pub(super) async fn put_state_empty_key(
     State(s): State<AppState>,
-    auth: Auth,
+    token: Token,
     Path((room_id, event_type)): Path<(String, String)>,
     JsonBody(content): JsonBody<Value>,
 ) -> Result<Json<Value>> {
-    put_state_inner(s, auth, room_id, event_type, String::new(), content).await
+    put_state_inner(s, token, room_id, event_type, String::new(), content).await
 }
 
 async fn put_state_inner(
     s: AppState,
-    auth: Auth,
+    token: Token,
     room_id: String,
     event_type: String,
     state_key: String,
@@ -105,7 +105,7 @@ async fn put_state_inner(
 ) -> Result<Json<Value>> {
     let room = parse_room_id(&room_id)?;
     let ev = NewEvent::state(&event_type, &state_key, content);
-    let event_id = send_event(&s, auth, room, ev, None).await?;
+    let event_id = send_event(&s, token, room, ev, None).await?;
     Ok(Json(json!({"event_id": event_id})))
 }
 
@@ -127,37 +127,41 @@ impl ClientTxn {
     }
 }
 
-/// Creates one event for a client. With a transaction, the txn_ids lookup and record happen
-/// in the same write as the event, so a retry returns the first event ID and creates
-/// nothing, even when two retries race.
+/// Creates one event for a client. The access token is looked up on the writer's thread
+/// just before the write (one trip to a blocking thread per send, not two). With a
+/// transaction, the txn_ids lookup and record happen in the same write as the event, so a
+/// retry returns the first event ID and creates nothing, even when two retries race.
 async fn send_event(
     s: &AppState,
-    auth: Auth,
+    token: Token,
     room: OwnedRoomId,
     ev: NewEvent,
     txn: Option<ClientTxn>,
 ) -> Result<String> {
     let services = s.clone();
-    s.db.write(move |tx| {
-        let (user, device) = (auth.user_id.as_str(), auth.device_id.as_str());
-        if let Some(t) = &txn
-            && let Some(done) = txn_result(tx, user, device, t.kind, &t.key)?
-        {
-            return Ok(done);
-        }
-        check_client_rules(tx, room.as_str(), &auth.user_id, &ev)?;
-        let origin = txn.as_ref().map(|t| Txn {
-            user: user.to_owned(),
-            device: device.to_owned(),
-            txn_id: t.txn_id.clone(),
-        });
-        let pdu = append_local(tx, &services.identity, &room, &auth.user_id, ev, origin)?;
-        let event_id = pdu.event_id.to_string();
-        if let Some(t) = &txn {
-            put_txn(tx, user, device, t.kind, &t.key, &event_id)?;
-        }
-        Ok(event_id)
-    })
+    s.db.write_checked(
+        move |c| token.owner(c),
+        move |tx, auth| {
+            let (user, device) = (auth.user_id.as_str(), auth.device_id.as_str());
+            if let Some(t) = &txn
+                && let Some(done) = txn_result(tx, user, device, t.kind, &t.key)?
+            {
+                return Ok(done);
+            }
+            check_client_rules(tx, room.as_str(), &auth.user_id, &ev)?;
+            let origin = txn.as_ref().map(|t| Txn {
+                user: user.to_owned(),
+                device: device.to_owned(),
+                txn_id: t.txn_id.clone(),
+            });
+            let pdu = append_local(tx, &services.identity, &room, &auth.user_id, ev, origin)?;
+            let event_id = pdu.event_id.to_string();
+            if let Some(t) = &txn {
+                put_txn(tx, user, device, t.kind, &t.key, &event_id)?;
+            }
+            Ok(event_id)
+        },
+    )
     .await
 }
 

@@ -295,7 +295,7 @@ fn every_response(room: &ExampleRoom) -> Vec<Response> {
         },
         Response::Body(json!({"displayname": "Bob"})),
         Response::Extremities {
-            rooms: vec![heads(&room.room_id, &[id.clone()])],
+            rooms: vec![heads(&room.room_id, std::slice::from_ref(&id))],
         },
         Response::Ranges {
             ranges: vec![
