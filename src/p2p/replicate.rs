@@ -22,10 +22,10 @@ use super::wire::{MAX_EVENT_IDS, Response};
 use crate::services::AppState;
 use crate::storage::replication::{held, server_members};
 
+pub(crate) use fetch::{candidates, fetch_events, fetch_heads, holds_all, ingest_with_repair, keyed};
 pub use gossip::{REMOTE_TYPING, on_gossip};
 pub use publish::{publish_receipt, publish_typing, run_publisher};
 pub use serving::serve;
-pub(crate) use fetch::{candidates, fetch_events, fetch_heads, holds_all, ingest_with_repair, keyed};
 
 /// `/meshserver/heads/1`: fetches whatever of `extremities` this node lacks (from `origin`
 /// first), and answers `Ok` only once it holds them all, so the answer confirms delivery.

@@ -658,7 +658,10 @@ impl Task {
     /// dead but QUIC would notice only at the idle timeout (10 s), and requests sent on
     /// them would wait that long. Close them now.
     fn close_stale_connections(&mut self, peer: PeerId, current: ConnectionId, boot: String) {
-        let restarted = self.boots.insert(peer, boot).is_some_and(|old| old != self.boots[&peer]);
+        let restarted = self
+            .boots
+            .insert(peer, boot)
+            .is_some_and(|old| old != self.boots[&peer]);
         if !restarted {
             return;
         }
@@ -771,7 +774,11 @@ impl Task {
 /// `meshserver/<version> boot/<random>`: the boot ID changes with every start, so a peer
 /// can tell a restart from a second connection of the same process.
 fn agent_version() -> String {
-    format!("meshserver/{} boot/{:016x}", env!("CARGO_PKG_VERSION"), rand::random::<u64>())
+    format!(
+        "meshserver/{} boot/{:016x}",
+        env!("CARGO_PKG_VERSION"),
+        rand::random::<u64>()
+    )
 }
 
 /// `addr` with its UDP port `from` replaced by `to`; `None` if it has another port.

@@ -100,9 +100,7 @@ impl Protocol {
             | Protocol::Missing
             | Protocol::State
             | Protocol::Backfill
-            | Protocol::Reconcile => {
-                MAX_RESPONSE_BYTES
-            }
+            | Protocol::Reconcile => MAX_RESPONSE_BYTES,
             Protocol::Directory | Protocol::Keys => 1024 * 1024,
             _ => MAX_SMALL_RESPONSE_BYTES,
         }
@@ -317,9 +315,13 @@ pub enum Response {
     /// profile, keys query/claim, user devices).
     Body(Value),
     /// The answerer's extremities of the rooms of an `extremities` request.
-    Extremities { rooms: Vec<RoomHeads> },
+    Extremities {
+        rooms: Vec<RoomHeads>,
+    },
     /// A `reconcile` round's answer: the ranges that still differ.
-    Ranges { ranges: Vec<Range> },
+    Ranges {
+        ranges: Vec<Range>,
+    },
 }
 
 impl Response {
@@ -421,7 +423,8 @@ impl libp2p::request_response::Codec for Codec {
             let p = protocol_of(protocol)?;
             let frame = read_capped(io, p.max_response()).await?;
             if let Some(c) = &self.counters {
-                c.response_bytes_in.fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                c.response_bytes_in
+                    .fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
             serde_json::from_slice(&frame).map_err(invalid)
         }
@@ -441,7 +444,8 @@ impl libp2p::request_response::Codec for Codec {
         }
         if let Some(c) = &self.counters {
             super::Counters::bump(&c.requests_out);
-            c.request_bytes_out.fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            c.request_bytes_out
+                .fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         io.write_all(&frame).await?;
         io.close().await

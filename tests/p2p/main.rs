@@ -4,8 +4,8 @@
 mod common;
 mod net;
 
-mod convergence;
 mod anti_entropy;
+mod convergence;
 mod discovery;
 mod e2ee;
 mod join;
