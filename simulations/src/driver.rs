@@ -434,15 +434,21 @@ fn spawn_sampler(
             let at = Instant::now();
             let members = joined.lock().map(|j| j.clone()).unwrap_or_default();
             for (room, ids) in members.iter().enumerate() {
-                let mut states = BTreeSet::new();
-                let mut up = 0;
+                // The members' reads at once: one at a time, a sample of a thousand busy
+                // nodes outlasts the sampling interval.
+                let mut reads = JoinSet::new();
                 for &node in ids.keys() {
                     let Some(s) = c.services(node).await else { continue };
                     let r = room_ids[room].to_string();
-                    let ids =
+                    reads.spawn(async move {
                         s.db.read(move |conn| meshserver::storage::state::current_state_ids(conn, &r))
-                            .await;
-                    if let Ok(ids) = ids {
+                            .await
+                    });
+                }
+                let mut states = BTreeSet::new();
+                let mut up = 0;
+                while let Some(r) = reads.join_next().await {
+                    if let Ok(Ok(ids)) = r {
                         let mut v: Vec<_> = ids.into_iter().collect();
                         v.sort();
                         states.insert(*blake3::hash(format!("{v:?}").as_bytes()).as_bytes());

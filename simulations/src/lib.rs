@@ -54,7 +54,7 @@ pub async fn run(s: &Scenario, seed: u64, out: &Path) -> anyhow::Result<Report> 
             driver::links_for(v, &plan).edges.len()
         );
         let raw = driver::run(s, &plan, v, seed, &work.path().join(v.name())).await?;
-        let m = metrics::compute(&raw, &plan);
+        let m = metrics::compute(&raw, &plan, s.sample_ms);
         output::write_variant(&out.join(v.name()), &m)?;
         let sm = &m.summary;
         eprintln!(

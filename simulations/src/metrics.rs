@@ -47,6 +47,10 @@ pub struct NodeRow {
     pub datagrams_received: u64,
     pub bytes_sent_per_msg: f64,
     pub bytes_received_per_msg: f64,
+    /// Messages sent in the rooms this node is a member of, and its bytes per such message.
+    pub room_messages: usize,
+    pub bytes_sent_per_room_msg: f64,
+    pub bytes_received_per_room_msg: f64,
     pub deliveries: usize,
     pub duplicates: u64,
     pub db_bytes: u64,
@@ -104,6 +108,11 @@ pub struct Summary {
     /// Mean over nodes of bytes each node sent (and received) per message sent.
     pub bytes_sent_per_msg_per_node: f64,
     pub bytes_received_per_msg_per_node: f64,
+    /// Mean over member nodes (in at least one room) of bytes per message sent in their own
+    /// rooms: in a large network a node carries only its rooms' traffic.
+    pub member_nodes: usize,
+    pub bytes_sent_per_msg_per_member: f64,
+    pub bytes_received_per_msg_per_member: f64,
     pub final_convergence_ms: Option<f64>,
     pub heal_convergence_ms: Vec<Option<f64>>,
     pub setup_s: f64,
@@ -204,7 +213,7 @@ fn up_at(plan: &Plan, node: usize, t_ms: f64) -> bool {
     up
 }
 
-pub fn compute(raw: &Raw, plan: &Plan) -> Metrics {
+pub fn compute(raw: &Raw, plan: &Plan, sample_ms: u64) -> Metrics {
     let t0 = raw.t0;
     // Expected pairs per message: (node, delivered at).
     let mut deliveries = Vec::new();
@@ -306,7 +315,7 @@ pub fn compute(raw: &Raw, plan: &Plan) -> Metrics {
         })
         .collect::<Vec<_>>();
 
-    let progress = progress_rows(raw, &pairs);
+    let progress = progress_rows(raw, &pairs, sample_ms);
     let mut lat: Vec<f64> = deliveries.iter().map(|d| d.latency_ms).collect();
     let latency_ms = percentiles(&mut lat);
     let duplicates: u64 = raw
@@ -318,6 +327,19 @@ pub fn compute(raw: &Raw, plan: &Plan) -> Metrics {
     let started = raw.n - plan.late.len();
     let workload_s = (raw.end - t0).as_secs_f64();
     let mean = |f: &dyn Fn(&NodeRow) -> f64| nodes.iter().map(f).sum::<f64>() / nodes.len().max(1) as f64;
+    let is_member: std::collections::BTreeSet<usize> = plan
+        .rooms
+        .iter()
+        .flat_map(|r| r.members.iter().map(|m| m.0))
+        .collect();
+    let member_mean = |f: &dyn Fn(&NodeRow) -> f64| {
+        nodes
+            .iter()
+            .filter(|n| is_member.contains(&n.node))
+            .map(f)
+            .sum::<f64>()
+            / is_member.len().max(1) as f64
+    };
     let summary = Summary {
         variant: raw.variant.name(),
         nodes: raw.n,
@@ -341,6 +363,9 @@ pub fn compute(raw: &Raw, plan: &Plan) -> Metrics {
         bytes_total: nodes.iter().map(|n| n.bytes_sent).sum(),
         bytes_sent_per_msg_per_node: mean(&|n| n.bytes_sent_per_msg),
         bytes_received_per_msg_per_node: mean(&|n| n.bytes_received_per_msg),
+        member_nodes: is_member.len(),
+        bytes_sent_per_msg_per_member: member_mean(&|n| n.bytes_sent_per_room_msg),
+        bytes_received_per_msg_per_member: member_mean(&|n| n.bytes_received_per_room_msg),
         final_convergence_ms: heals
             .iter()
             .rfind(|h| h.what == "final")
@@ -408,6 +433,13 @@ fn node_rows(raw: &Raw, plan: &Plan, sent: usize, deliveries: &[Delivery]) -> Ve
         *got.entry(d.node).or_default() += 1;
     }
     let per = |b: u64| b as f64 / sent.max(1) as f64;
+    let mut room_messages = vec![0usize; n];
+    for m in raw.sends.iter().filter(|m| m.event_id.is_some()) {
+        for &member in plan.rooms[m.room].members.iter().map(|(v, _)| v) {
+            room_messages[member] += 1;
+        }
+    }
+    let per_room = |b: u64, i: usize| b as f64 / room_messages[i].max(1) as f64;
     (0..n)
         .map(|i| NodeRow {
             node: i,
@@ -420,6 +452,9 @@ fn node_rows(raw: &Raw, plan: &Plan, sent: usize, deliveries: &[Delivery]) -> Ve
             datagrams_received: rx[i].1,
             bytes_sent_per_msg: per(tx[i].0),
             bytes_received_per_msg: per(rx[i].0),
+            room_messages: room_messages[i],
+            bytes_sent_per_room_msg: per_room(tx[i].0, i),
+            bytes_received_per_room_msg: per_room(rx[i].0, i),
             deliveries: got.get(&i).copied().unwrap_or(0),
             duplicates: raw.duplicates[i].values().map(|&c| c as u64).sum(),
             db_bytes: raw.db_bytes[i],
@@ -428,31 +463,39 @@ fn node_rows(raw: &Raw, plan: &Plan, sent: usize, deliveries: &[Delivery]) -> Ve
         .collect()
 }
 
-fn progress_rows(raw: &Raw, pairs: &[(usize, usize, f64, Option<f64>)]) -> Vec<ProgressRow> {
+/// On a grid of `step_ms` from the start to the end of the run: delivered / due from the
+/// delivery records, and each room's latest state sample at or before that time.
+fn progress_rows(raw: &Raw, pairs: &[(usize, usize, f64, Option<f64>)], step_ms: u64) -> Vec<ProgressRow> {
     let t0 = raw.t0;
-    let mut by_time: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
-    for s in &raw.samples {
-        by_time
-            .entry(ms(t0, s.at).max(0.0) as u64)
-            .or_default()
-            .push(s.distinct_states);
+    let end = ms(t0, raw.end);
+    let mut samples: Vec<(f64, usize, usize)> = raw
+        .samples
+        .iter()
+        .map(|s| (ms(t0, s.at), s.room, s.distinct_states))
+        .collect();
+    samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut latest: std::collections::BTreeMap<usize, usize> = Default::default();
+    let mut next = 0;
+    let mut rows = Vec::new();
+    let mut t = 0.0;
+    while t <= end + step_ms as f64 {
+        while next < samples.len() && samples[next].0 <= t {
+            latest.insert(samples[next].1, samples[next].2);
+            next += 1;
+        }
+        let due: Vec<_> = pairs.iter().filter(|p| p.2 <= t).collect();
+        let done = due.iter().filter(|p| p.3.is_some_and(|s| s <= t)).count();
+        rows.push(ProgressRow {
+            t_ms: t,
+            delivered_fraction: if due.is_empty() {
+                1.0
+            } else {
+                done as f64 / due.len() as f64
+            },
+            mean_distinct_states: latest.values().sum::<usize>() as f64 / latest.len().max(1) as f64,
+            max_distinct_states: latest.values().copied().max().unwrap_or(0),
+        });
+        t += step_ms.max(1) as f64;
     }
-    by_time
-        .into_iter()
-        .map(|(t, states)| {
-            let t = t as f64;
-            let due: Vec<_> = pairs.iter().filter(|p| p.2 <= t).collect();
-            let done = due.iter().filter(|p| p.3.is_some_and(|s| s <= t)).count();
-            ProgressRow {
-                t_ms: t,
-                delivered_fraction: if due.is_empty() {
-                    1.0
-                } else {
-                    done as f64 / due.len() as f64
-                },
-                mean_distinct_states: states.iter().sum::<usize>() as f64 / states.len().max(1) as f64,
-                max_distinct_states: states.iter().copied().max().unwrap_or(0),
-            }
-        })
-        .collect()
+    rows
 }

@@ -75,7 +75,7 @@ pub fn markdown(name: &str, seed: u64, fingerprint: &str, summaries: &[&Summary]
     let mut s = format!("### {name} (seed {seed}, schedule {fingerprint})\n\n");
     s.push_str(
         "| variant | nodes | links | msgs | delivered | p50 ms | p99 ms | max ms | dup/delivery | \
-         B sent/msg/node | B recv/msg/node | heal conv. ms | final conv. ms | RSS/node MiB | \
+         B sent/msg/member | B recv/msg/member | heal conv. ms | final conv. ms | RSS/node MiB | \
          CPU ms/node/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for m in summaries {
@@ -92,8 +92,8 @@ pub fn markdown(name: &str, seed: u64, fingerprint: &str, summaries: &[&Summary]
             m.latency_ms.p99,
             m.latency_ms.max,
             m.duplicates_per_delivery,
-            m.bytes_sent_per_msg_per_node,
-            m.bytes_received_per_msg_per_node,
+            m.bytes_sent_per_msg_per_member,
+            m.bytes_received_per_msg_per_member,
             if heals.is_empty() {
                 "—".into()
             } else {
@@ -104,5 +104,11 @@ pub fn markdown(name: &str, seed: u64, fingerprint: &str, summaries: &[&Summary]
             m.cpu_per_node_per_s * 1000.0,
         );
     }
+    s.push_str(
+        "\nB …/msg/member: UDP payload bytes a member node sent (received) per message sent in its \
+         own rooms, mean over member nodes. \
+         RSS/node is the marginal RSS of a started node; only the first variant's is clean \
+         (later ones reuse the heap the earlier one freed). CPU is the process's, divided by nodes.\n",
+    );
     s
 }
