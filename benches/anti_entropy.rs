@@ -67,6 +67,24 @@ async fn event_set(node: &TestNode, room: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// How many events of `room` the node holds (as counted by [`event_set`]).
+async fn event_count(node: &TestNode, room: &str) -> usize {
+    let room = room.to_owned();
+    services(node)
+        .db
+        .read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT count(*) FROM events WHERE room_id = ?1 AND depth >= 0 AND outlier != ?2",
+            )?
+            .query_row(
+                rusqlite::params![room, meshserver::room::import::OUTLIER_INVITE],
+                |r| r.get::<_, i64>(0),
+            )?)
+        })
+        .await
+        .map_or(0, |n| n as usize)
+}
+
 /// Bytes of the signed JSON of `ids` as `node` stores them.
 async fn raw_bytes(node: &TestNode, ids: Vec<String>) -> u64 {
     services(node)
@@ -141,9 +159,17 @@ async fn catch_up(plan: &Plan) -> anyhow::Result<(Duration, u64, u64, f64)> {
         .iter()
         .map(|a| a.parse().expect("multiaddr"))
         .collect();
+    // ANTI_ENTROPY_MARK=1 marks the start on stderr, for attaching a profiler.
+    if std::env::var_os("ANTI_ENTROPY_MARK").is_some() {
+        eprintln!("catch-up starts");
+    }
     let start = Instant::now();
     let c = TestNode::start_with(c_dir, config).await;
-    wait_until(limit, || async { event_set(&c, &room).await == want }).await;
+    // Counting first: reading 10,000 IDs every 20 ms would take CPU from the node measured.
+    wait_until(limit, || async {
+        event_count(&c, &room).await == want.len() && event_set(&c, &room).await == want
+    })
+    .await;
     let took = start.elapsed();
     let wire = rr_bytes(&b) - b_before + rr_bytes(&c);
 
@@ -207,6 +233,13 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
     {
         plan.missed = n;
+    }
+    // ANTI_ENTROPY_QUIET=s shortens (or lengthens) the quiet-room measurement.
+    if let Some(s) = std::env::var("ANTI_ENTROPY_QUIET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        plan.quiet = Duration::from_secs(s);
     }
     let mut rows = Vec::new();
     let (took, wire, raw, quiet) = catch_up(&plan).await?;

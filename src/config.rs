@@ -52,6 +52,10 @@ pub struct Settings {
         default_missing_value = "false"
     )]
     pub mdns: Option<bool>,
+    /// Learn peers' addresses from identify, the DHT and mDNS (default on). Config file only:
+    /// off where a harness (tests/convergence) must be the one path between nodes.
+    #[arg(skip)]
+    pub learn_peer_addresses: Option<bool>,
 }
 
 impl Settings {
@@ -68,6 +72,7 @@ impl Settings {
             p2p_listen: self.p2p_listen.or(other.p2p_listen),
             peers: self.peers.or(other.peers),
             mdns: self.mdns.or(other.mdns),
+            learn_peer_addresses: self.learn_peer_addresses.or(other.learn_peer_addresses),
         }
     }
 }
@@ -133,7 +138,7 @@ impl Config {
             p2p_listen: multiaddrs("p2p_listen", s.p2p_listen.unwrap_or_else(default_p2p_listen))?,
             peers: multiaddrs("peers", s.peers.unwrap_or_default())?,
             mdns: s.mdns.unwrap_or(true),
-            learn_peer_addresses: true,
+            learn_peer_addresses: s.learn_peer_addresses.unwrap_or(true),
             gossip: true,
         })
     }

@@ -13,6 +13,7 @@ use crate::api;
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::notifier::Notifier;
+use crate::password::Passwords;
 use crate::services::{AppState, Services};
 use crate::storage::Db;
 
@@ -27,6 +28,15 @@ pub struct Node {
 /// Opens the data dir (creating key and database on first start) without serving. The
 /// receiver is the swarm task's end of the peer network's command channel.
 pub fn open_services(config: Config) -> anyhow::Result<(Services, mpsc::Receiver<crate::p2p::Command>)> {
+    open_services_with(config, Passwords::start()?)
+}
+
+/// [`open_services`] with a password-hashing thread shared with other nodes of the process:
+/// a simulation of a thousand nodes needs one such thread, not a thousand.
+pub fn open_services_with(
+    config: Config,
+    passwords: Passwords,
+) -> anyhow::Result<(Services, mpsc::Receiver<crate::p2p::Command>)> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let identity = Identity::load_or_create(&config.data_dir)?;
@@ -38,7 +48,7 @@ pub fn open_services(config: Config) -> anyhow::Result<(Services, mpsc::Receiver
     let services = Services {
         typing: Arc::new(crate::typing::Typing::new(db.notifier().clone())),
         rate_limiter: api::ratelimit::RateLimiter::default(),
-        passwords: crate::password::Passwords::start()?,
+        passwords,
         config,
         identity,
         db,
@@ -50,6 +60,11 @@ pub fn open_services(config: Config) -> anyhow::Result<(Services, mpsc::Receiver
 
 impl Node {
     pub async fn start(config: Config) -> anyhow::Result<Node> {
+        Self::start_with(config, Passwords::start()?).await
+    }
+
+    /// [`Node::start`] with a password-hashing thread shared with the process's other nodes.
+    pub async fn start_with(config: Config, passwords: Passwords) -> anyhow::Result<Node> {
         let mut config = config;
         let listen = config.client_listen;
         let listener = tokio::net::TcpListener::bind(listen)
@@ -58,7 +73,7 @@ impl Node {
         let client_addr = listener.local_addr()?;
         // Advertise the address actually bound (port 0 means "any free port").
         config.client_listen = client_addr;
-        let (services, commands) = open_services(config)?;
+        let (services, commands) = open_services_with(config, passwords)?;
         let services = Arc::new(services);
         let swarm = crate::p2p::swarm::spawn(services.clone(), commands).await?;
         let app = api::router(services.clone());
@@ -78,7 +93,9 @@ impl Node {
             tokio::spawn(services.db.clone().run_checkpoints()),
             tokio::spawn(crate::p2p::replicate::run_publisher(services.clone())),
             tokio::spawn(crate::p2p::outbox::run(services.clone())),
+            tokio::spawn(crate::p2p::mailbox::run(services.clone())),
             tokio::spawn(crate::p2p::reconcile::run(services.clone())),
+            tokio::spawn(crate::p2p::replicate::neighbours::run(services.clone())),
         ];
         tracing::info!(server_name = %services.server_name(), %client_addr, "node started");
         Ok(Node {

@@ -1,4 +1,4 @@
-//! Password hashing (argon2id) on one dedicated thread.
+//! Password hashing (argon2id) on one dedicated thread, which nodes of one process may share.
 //!
 //! argon2id's default parameters allocate 19 MiB per hash. Run on tokio's blocking pool,
 //! every pool thread that ever hashed keeps such a block in its own malloc arena: measured,
@@ -19,6 +19,8 @@ enum Job {
     Verify(String, String, oneshot::Sender<bool>),
 }
 
+/// A handle to the hashing thread; clones share it, and it ends when the last is dropped.
+#[derive(Clone)]
 pub struct Passwords {
     jobs: SyncSender<Job>,
 }

@@ -14,6 +14,7 @@ use meshserver::config::Config;
 use meshserver::identity::Identity;
 use meshserver::netem::{HostAddr, LinkModel, Relay, RelayStats};
 use meshserver::node::Node;
+use meshserver::password::Passwords;
 use ruma::{OwnedServerName, OwnedUserId, UserId};
 use tokio::sync::RwLock;
 
@@ -46,6 +47,9 @@ pub struct Cluster {
     split: std::sync::Mutex<BTreeMap<usize, Vec<usize>>>,
     /// Mobile topology: the links within range now (`None`: every link is in range).
     in_range: std::sync::Mutex<Option<BTreeSet<Edge>>>,
+    /// One password-hashing thread for every node: a thread each costs a thousand threads
+    /// and their stacks at 1,000 nodes.
+    passwords: Passwords,
 }
 
 impl Cluster {
@@ -99,6 +103,7 @@ impl Cluster {
             observer,
             split: Default::default(),
             in_range: Default::default(),
+            passwords: Passwords::start()?,
         })
     }
 
@@ -139,7 +144,7 @@ impl Cluster {
         config.learn_peer_addresses = false;
         config.gossip = self.variant == Variant::Gossip;
         slot.host.set(Some(SocketAddr::from(([127, 0, 0, 1], port))));
-        let node = Node::start(config)
+        let node = Node::start_with(config, self.passwords.clone())
             .await
             .with_context(|| format!("starting node {i}"))?;
         let user = slot.user.to_string();

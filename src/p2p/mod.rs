@@ -7,6 +7,7 @@
 
 pub mod discovery;
 pub mod join;
+pub mod mailbox;
 pub mod outbox;
 pub mod peer_id;
 pub mod reconcile;
@@ -137,6 +138,8 @@ pub struct P2p {
     local_peer: PeerId,
     events: broadcast::Sender<PeerEvent>,
     pub counters: Arc<Counters>,
+    /// Rooms whose heads changed, and co-members' last known heads (`replicate::neighbours`).
+    pub(crate) neighbours: Arc<replicate::Neighbours>,
 }
 
 impl P2p {
@@ -150,6 +153,7 @@ impl P2p {
                 local_peer,
                 events,
                 counters: Arc::default(),
+                neighbours: Arc::default(),
             },
             rx,
         )

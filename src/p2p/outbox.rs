@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 mod to_device;
 
 use super::PeerEvent;
+use super::replicate::neighbours;
 use super::wire::{self, Request, Response};
 use crate::Error;
 use crate::api::account::now_ms;
@@ -147,6 +148,8 @@ async fn reset(s: &AppState, dest: Option<String>) {
 /// How one request ended.
 enum Sent {
     Ok,
+    /// Delivered; the peer's own heads of the room came back (answer to `heads`).
+    Heads(Vec<wire::RoomHeads>),
     /// The peer answered with an error.
     Refused {
         errcode: String,
@@ -159,7 +162,9 @@ enum Sent {
 async fn send(s: &AppState, dest: &OwnedServerName, req: Request, seen: &AtomicBool) -> Sent {
     seen.store(false, Ordering::SeqCst);
     match s.p2p.request(dest, req).await {
-        Ok(Response::Ok {}) => Sent::Ok,
+        // An invite comes back countersigned; the room already has it, so done is done.
+        Ok(Response::Ok {} | Response::Invite { .. }) => Sent::Ok,
+        Ok(Response::Extremities { rooms }) => Sent::Heads(rooms),
         Ok(Response::Error { errcode, error }) => Sent::Refused { errcode, error },
         Ok(_) => Sent::Refused {
             errcode: "M_UNKNOWN".into(),
@@ -260,7 +265,7 @@ async fn send_batch(
             },
         };
         match outcome {
-            Sent::Ok => {}
+            Sent::Ok | Sent::Heads(_) => {}
             Sent::Refused { errcode, error } if PERMANENT.contains(&errcode.as_str()) => {
                 tracing::warn!(destination = %dest, kind = m.kind, errcode, error, "peer refused a message; dropped");
             }
@@ -287,7 +292,10 @@ async fn send_batch(
         let now = now_ms();
         let (key, room) = (d.clone(), row.room_id.clone());
         let settled = match send(s, dest, req, seen).await {
-            Sent::Ok => {
+            answer @ (Sent::Ok | Sent::Heads(_)) => {
+                if let Sent::Heads(rooms) = answer {
+                    caught_up_from(s, dest, &row.room_id, rooms);
+                }
                 s.db.write(move |tx| store::confirm_room(tx, &key, &room, row.stream, now))
                     .await
                     .map(|_| ())
@@ -316,12 +324,22 @@ async fn send_batch(
     Ok(())
 }
 
+/// Learns the heads a peer answered with and, in the background, fetches what of them
+/// this node lacks: the origin of the heads may be the one that missed something.
+fn caught_up_from(s: &AppState, dest: &OwnedServerName, room_id: &str, rooms: Vec<wire::RoomHeads>) {
+    if let Some(theirs) = neighbours::learn_answer(s, dest, room_id, rooms) {
+        let (s, dest) = (s.clone(), dest.clone());
+        tokio::spawn(async move { neighbours::catch_up_if_lacking(&s, &dest, theirs).await });
+    }
+}
+
 /// The request carrying a queued message; `None` for one that cannot be read.
 fn message_request(m: &Message) -> Option<Request> {
     let content: Value = serde_json::from_str(&m.body).ok()?;
     match m.kind.as_str() {
         store::KIND_TO_DEVICE => Some(Request::ToDevice { content }),
         store::KIND_DEVICE_LIST_UPDATE => Some(Request::DeviceListUpdate { content }),
+        store::KIND_INVITE => super::mailbox::invite_request(content),
         _ => None,
     }
 }

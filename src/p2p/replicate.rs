@@ -4,11 +4,14 @@
 //! Stored first, published second ([`publish`]); verified and stored before forwarded
 //! ([`gossip`]); gaps fetched in pages and stored a page per transaction ([`fetch`]),
 //! jumped with the state at their edge when too long ([`jump`]); events served only as
-//! the room's history visibility allows the asking server ([`view`], [`serving`]).
+//! the room's history visibility allows the asking server ([`view`], [`serving`]). A room
+//! whose heads changed sends them to its connected co-members ([`neighbours`]), so a
+//! repair travels on hop by hop.
 
 mod fetch;
 mod gossip;
 mod jump;
+pub mod neighbours;
 mod publish;
 mod serving;
 pub mod view;
@@ -24,11 +27,14 @@ use crate::storage::replication::{held, server_members};
 
 pub(crate) use fetch::{candidates, fetch_events, fetch_heads, holds_all, ingest_with_repair, keyed};
 pub use gossip::{REMOTE_TYPING, on_gossip};
+pub use neighbours::Neighbours;
 pub use publish::{publish_receipt, publish_typing, run_publisher};
 pub use serving::serve;
 
 /// `/meshserver/heads/1`: fetches whatever of `extremities` this node lacks (from `origin`
-/// first), and answers `Ok` only once it holds them all, so the answer confirms delivery.
+/// first; a long gap by set reconciliation), and answers only once it holds them all, so
+/// the answer confirms delivery. The answer is this node's own heads of the room
+/// (`extremities`), so the asker fetches what it lacks in turn.
 pub async fn serve_heads(
     s: &AppState,
     origin: &ServerName,
@@ -58,15 +64,20 @@ pub async fn serve_heads(
         Ok((true, unknown)) => unknown,
         Err(e) => return e.into(),
     };
-    if unknown.is_empty() {
-        return Response::Ok {};
+    // What the asker holds now: this node's next round skips it if they come to agree.
+    let mut theirs = extremities;
+    s.p2p
+        .neighbours
+        .learn(origin, &room_id, neighbours::digest(&mut theirs));
+    if !unknown.is_empty() {
+        if let Err(e) = fetch::fetch_heads(s, origin, &room_id, unknown.clone()).await {
+            return e.into();
+        }
+        match fetch::holds_all(s, &unknown).await {
+            Ok(true) => {}
+            Ok(false) => return Response::error("M_NOT_FOUND", "could not fetch every head"),
+            Err(e) => return e.into(),
+        }
     }
-    if let Err(e) = fetch::fetch_heads(s, origin, &room_id, unknown.clone()).await {
-        return e.into();
-    }
-    match fetch::holds_all(s, &unknown).await {
-        Ok(true) => Response::Ok {},
-        Ok(false) => Response::error("M_NOT_FOUND", "could not fetch every head"),
-        Err(e) => e.into(),
-    }
+    neighbours::answer(s, &room_id).await.unwrap_or(Response::Ok {})
 }

@@ -36,5 +36,9 @@ pub async fn handle(s: &AppState, origin: &ServerName, req: Request) -> Response
         Request::Extremities { .. } | Request::Reconcile { .. } | Request::GetRange { .. } => {
             super::reconcile::serve(s, origin, req).await
         }
+        Request::Deposit { .. }
+        | Request::Collect { .. }
+        | Request::Ack { .. }
+        | Request::HaveMail { .. } => super::mailbox::serve(s, origin, req).await,
     }
 }

@@ -52,6 +52,7 @@ pub struct Behaviour {
     devices: rr::Behaviour<Codec>,
     to_device: rr::Behaviour<Codec>,
     reconcile: rr::Behaviour<Codec>,
+    mailbox: rr::Behaviour<Codec>,
 }
 
 impl Behaviour {
@@ -72,6 +73,7 @@ impl Behaviour {
             Protocol::Devices => &mut self.devices,
             Protocol::ToDevice => &mut self.to_device,
             Protocol::Reconcile => &mut self.reconcile,
+            Protocol::Mailbox => &mut self.mailbox,
         }
     }
 }
@@ -132,6 +134,7 @@ fn build_behaviour(
         devices: rpc_behaviour(Protocol::Devices, counters),
         to_device: rpc_behaviour(Protocol::ToDevice, counters),
         reconcile: rpc_behaviour(Protocol::Reconcile, counters),
+        mailbox: rpc_behaviour(Protocol::Mailbox, counters),
     })
 }
 
@@ -650,6 +653,7 @@ impl Task {
             BehaviourEvent::Devices(e) => self.on_rpc(Protocol::Devices, e),
             BehaviourEvent::ToDevice(e) => self.on_rpc(Protocol::ToDevice, e),
             BehaviourEvent::Reconcile(e) => self.on_rpc(Protocol::Reconcile, e),
+            BehaviourEvent::Mailbox(e) => self.on_rpc(Protocol::Mailbox, e),
             _ => {}
         }
     }

@@ -47,10 +47,11 @@ pub enum Protocol {
     Devices,
     ToDevice,
     Reconcile,
+    Mailbox,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 13] = [
+    pub const ALL: [Protocol; 14] = [
         Protocol::Join,
         Protocol::Invite,
         Protocol::Events,
@@ -64,6 +65,7 @@ impl Protocol {
         Protocol::Devices,
         Protocol::ToDevice,
         Protocol::Reconcile,
+        Protocol::Mailbox,
     ];
 
     pub const fn id(self) -> &'static str {
@@ -81,6 +83,7 @@ impl Protocol {
             Protocol::Devices => "/meshserver/devices/1",
             Protocol::ToDevice => "/meshserver/to-device/1",
             Protocol::Reconcile => "/meshserver/reconcile/1",
+            Protocol::Mailbox => "/meshserver/mailbox/1",
         }
     }
 
@@ -100,7 +103,8 @@ impl Protocol {
             | Protocol::Missing
             | Protocol::State
             | Protocol::Backfill
-            | Protocol::Reconcile => MAX_RESPONSE_BYTES,
+            | Protocol::Reconcile
+            | Protocol::Mailbox => MAX_RESPONSE_BYTES,
             Protocol::Directory | Protocol::Keys => 1024 * 1024,
             _ => MAX_SMALL_RESPONSE_BYTES,
         }
@@ -154,7 +158,9 @@ pub enum Request {
         limit: u32,
     },
     /// `/meshserver/heads/1`: the sender's forward extremities of a room. The receiver
-    /// fetches what it lacks before answering, so the answer confirms delivery.
+    /// fetches what it lacks before answering, so the answer confirms delivery; the answer
+    /// is `extremities` with the receiver's own heads of that room (or `ok`), so the
+    /// sender fetches what it lacks in turn.
     Heads {
         room_id: String,
         extremities: Vec<String>,
@@ -212,6 +218,49 @@ pub enum Request {
         hi: Option<Key>,
         limit: u32,
     },
+    /// `/meshserver/mailbox/1`: the sender hands the receiver, a holder, items it signed
+    /// for other nodes (at most [`MAX_MAIL_PER_FRAME`]).
+    Deposit { items: Vec<MailItem> },
+    /// `/meshserver/mailbox/1`: the requester's mail held here, after deleting the items
+    /// up to `ack` (collected before); at most `limit` items.
+    Collect {
+        #[serde(default)]
+        ack: Option<i64>,
+        limit: u32,
+    },
+    /// `/meshserver/mailbox/1`: the requester collected its mail up to `up_to`.
+    Ack { up_to: i64 },
+    /// `/meshserver/mailbox/1`: a holder tells the receiver it holds `count` items for it.
+    HaveMail { count: u32 },
+}
+
+/// Most items one `deposit` carries or one `mail` answer returns.
+pub const MAX_MAIL_PER_FRAME: usize = 64;
+
+/// A message signed by its `origin` for `destination`, as a mailbox holds it: ed25519 over
+/// the canonical JSON of the other six fields, under `signatures.<origin>.ed25519:<v>`
+/// (as Matrix signs JSON), so a holder can neither forge nor alter it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailItem {
+    pub origin: String,
+    pub destination: String,
+    /// `to_device` (body: an `m.direct_to_device` content) or `invite` (body: the fields
+    /// of an `invite` request).
+    pub kind: String,
+    pub body: Value,
+    /// Stable per message: the same message deposited twice has the same ID.
+    pub id: String,
+    pub ts: u64,
+    pub signatures: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// A held item and its place in the holder's mailbox (what `ack` counts up to).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldMail {
+    pub seq: i64,
+    pub item: MailItem,
 }
 
 /// Most rooms one `extremities` frame lists (and an answer adds).
@@ -271,6 +320,10 @@ impl Request {
             Request::Extremities { .. } | Request::Reconcile { .. } | Request::GetRange { .. } => {
                 Protocol::Reconcile
             }
+            Request::Deposit { .. }
+            | Request::Collect { .. }
+            | Request::Ack { .. }
+            | Request::HaveMail { .. } => Protocol::Mailbox,
         }
     }
 }
@@ -314,13 +367,24 @@ pub enum Response {
     /// Any JSON body shaped as the spec's matching federation response (public rooms,
     /// profile, keys query/claim, user devices).
     Body(Value),
-    /// The answerer's extremities of the rooms of an `extremities` request.
+    /// The answerer's extremities of the rooms of an `extremities` request, or of the
+    /// room of a `heads` request.
     Extremities {
         rooms: Vec<RoomHeads>,
     },
     /// A `reconcile` round's answer: the ranges that still differ.
     Ranges {
         ranges: Vec<Range>,
+    },
+    /// A `deposit` taken: items newly held, and items already held before.
+    Deposited {
+        stored: u32,
+        duplicates: u32,
+    },
+    /// A `collect` page, oldest first; `more` when further items wait.
+    Mail {
+        items: Vec<HeldMail>,
+        more: bool,
     },
 }
 

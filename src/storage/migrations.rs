@@ -371,6 +371,25 @@ CREATE INDEX outbox_due ON outbox(destination, next_attempt_ts);
 -- invitee's node received them, signatures checked only (replaced when the user joins).
 ALTER TABLE events ADD COLUMN outlier INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 6: mailboxes. Other nodes' mail held here for a node that is away, so it reaches that
+    // node even if its sender never comes back; durable because the holder may restart
+    // before the destination returns. `item` is the origin's signed JSON, served as is;
+    // rows expire (expires_ts) and are bounded per destination, per origin and in total.
+    r#"
+CREATE TABLE mailbox (
+    seq INTEGER PRIMARY KEY,
+    destination TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    item TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    expires_ts INTEGER NOT NULL,
+    UNIQUE (destination, origin, item_id)
+) STRICT;
+CREATE INDEX mailbox_destination ON mailbox(destination, seq);
+CREATE INDEX mailbox_origin ON mailbox(origin);
+CREATE INDEX mailbox_expiry ON mailbox(expires_ts);
+"#,
 ];
 
 /// Brings the schema up to date.

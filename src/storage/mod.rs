@@ -10,6 +10,7 @@ pub mod accounts;
 pub mod anti_entropy;
 pub mod e2ee;
 pub mod events;
+pub mod mailbox;
 pub mod media;
 mod migrations;
 pub mod outbox;

@@ -34,6 +34,8 @@ pub const MAX_MESSAGES_PER_DESTINATION: i64 = 1_000;
 
 pub const KIND_TO_DEVICE: &str = "to_device";
 pub const KIND_DEVICE_LIST_UPDATE: &str = "device_list_update";
+/// An invite whose invitee's node could not be reached: the fields of an `invite` request.
+pub const KIND_INVITE: &str = "invite";
 
 /// One queued message.
 #[derive(Debug, Clone, PartialEq)]

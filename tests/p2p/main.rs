@@ -9,5 +9,6 @@ mod convergence;
 mod discovery;
 mod e2ee;
 mod join;
+mod mailbox;
 mod outbox;
 mod replication;

@@ -28,6 +28,12 @@ pub const MAX_CANDIDATES: usize = 8;
 use crate::api::sync::rooms::STRIPPED_TYPES as INVITE_STATE_TYPES;
 /// Longest profile field taken from another node.
 const MAX_PROFILE_FIELD: usize = 1024;
+/// How long an invite waits for the invitee's node: for its profile (optional), then for
+/// its countersignature. A node that is away is only found out by timeouts (a QUIC dial,
+/// a DHT lookup, a retry), and the inviter's client should not wait those out: past this
+/// the invite is sent later instead.
+const PROFILE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const INVITE_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// A peer's answer that is not the one asked for, as a client error.
 fn refusal(server: &ServerName, res: Response) -> Error {
@@ -221,7 +227,8 @@ async fn remote_profile(s: &AppState, user: &UserId) -> (Option<String>, Option<
         user_id: user.to_string(),
         field: None,
     };
-    let Ok(Response::Body(body)) = s.p2p.request(user.server_name(), req).await else {
+    let asked = tokio::time::timeout(PROFILE_WAIT, s.p2p.request(user.server_name(), req)).await;
+    let Ok(Ok(Response::Body(body))) = asked else {
         return (None, None);
     };
     let take = |k: &str| {
@@ -272,9 +279,20 @@ pub async fn invite_remote(
         event: pdu.json.clone(),
         invite_room_state,
     };
-    let signed = match s.p2p.request(server, req).await? {
-        Response::Invite { event } => event,
-        other => return Err(refusal(server, other)),
+    let asked = tokio::time::timeout(INVITE_WAIT, s.p2p.request(server, req.clone()))
+        .await
+        .unwrap_or_else(|_| Err(Error::internal(format!("{server} did not answer in time"))));
+    let signed = match asked {
+        Ok(Response::Invite { event }) => event,
+        Ok(other) => return Err(refusal(server, other)),
+        // The invitee's node is away. An invite needs only its sender's signature (the
+        // server-server spec's signature checks), so it enters the room now and reaches
+        // that node later, through the outbox or a mailbox.
+        Err(e) if crate::storage::outbox::reachable(server.as_str()) => {
+            tracing::info!(%server, error = %e.message, "invitee's node unreachable; the invite waits for it");
+            return invite_later(s, room, server, pdu.json, req).await;
+        }
+        Err(e) => return Err(e),
     };
     if same_event_id(&signed, &rules).as_ref() != Some(&pdu.event_id) || !signed_by(&signed, server, &rules) {
         return Err(refusal(
@@ -285,21 +303,55 @@ pub async fn invite_remote(
     let identity = s.identity.clone();
     let json = signed.clone();
     let event_id =
-        s.db.write(move |tx| match ingest(tx, &identity, json)? {
-            Outcome::Stored {
-                soft_failed: false,
-                event_id,
-            }
-            | Outcome::AlreadyKnown(event_id) => Ok(event_id),
-            Outcome::Stored { .. } => Err(Error::forbidden(
-                "the room changed; the invite is no longer allowed",
-            )),
-            Outcome::Missing(_) => Err(Error::internal("the invite cites events this node lost")),
-            Outcome::Rejected { reason, .. } => Err(Error::forbidden(reason)),
+        s.db.write(move |tx| stored_invite(ingest(tx, &identity, json)?))
+            .await?;
+    s.p2p
+        .publish(room.as_str(), encode_gossip(event_id.as_str(), &signed))
+        .await;
+    Ok(event_id.to_string())
+}
+
+/// The event ID of an invite this node stored, or why it could not.
+fn stored_invite(outcome: Outcome) -> Result<ruma::OwnedEventId> {
+    match outcome {
+        Outcome::Stored {
+            soft_failed: false,
+            event_id,
+        }
+        | Outcome::AlreadyKnown(event_id) => Ok(event_id),
+        Outcome::Stored { .. } => Err(Error::forbidden(
+            "the room changed; the invite is no longer allowed",
+        )),
+        Outcome::Missing(_) => Err(Error::internal("the invite cites events this node lost")),
+        Outcome::Rejected { reason, .. } => Err(Error::forbidden(reason)),
+    }
+}
+
+/// Stores and gossips an invite signed only here, and queues the `invite` request for the
+/// invitee's node in the same transaction (`storage::outbox::KIND_INVITE`), which the
+/// outbox sends and mailboxes carry once that node is seen again.
+async fn invite_later(
+    s: &AppState,
+    room: &RoomId,
+    server: &ServerName,
+    event: WirePdu,
+    req: Request,
+) -> Result<String> {
+    let mut body = serde_json::to_value(&req)?;
+    let body = body
+        .get_mut("invite")
+        .map(Value::take)
+        .ok_or_else(|| Error::internal("not an invite request"))?;
+    let (identity, dest, json) = (s.identity.clone(), server.to_string(), event.clone());
+    let event_id =
+        s.db.write(move |tx| {
+            let id = stored_invite(ingest(tx, &identity, json)?)?;
+            crate::storage::outbox::enqueue_message(tx, &dest, crate::storage::outbox::KIND_INVITE, &body)?;
+            Ok(id)
         })
         .await?;
     s.p2p
-        .publish(room.as_str(), encode_gossip(event_id.as_str(), &signed))
+        .publish(room.as_str(), encode_gossip(event_id.as_str(), &event))
         .await;
     Ok(event_id.to_string())
 }

@@ -21,6 +21,7 @@ use crate::pdu::event_id_of;
 use crate::room::ingest::{Outcome, ingest};
 use crate::room::{room_version, rules_for};
 use crate::services::AppState;
+use crate::storage::anti_entropy::max_depth;
 use crate::storage::events::forward_extremities;
 use crate::storage::replication::{held, horizon};
 use crate::storage::rooms::members_with;
@@ -351,7 +352,10 @@ async fn ask(s: &AppState, server: &ServerName, req: Request) -> Option<Vec<Wire
     }
 }
 
-/// Fetches heads a peer announced (from it first), and whatever they lack.
+/// Fetches heads a peer announced (from it first), and whatever they lack. Heads more
+/// than a page of depth above this node's are reached by set reconciliation with the
+/// server that has them ([`crate::p2p::reconcile::reconcile_room`]): walking prev_events a
+/// page per round trip would be slow, and past [`MAX_WALK`] would jump over history.
 pub async fn fetch_heads(s: &AppState, origin: &ServerName, room_id: &str, heads: Vec<String>) -> Result<()> {
     let room = room_id.to_owned();
     let rules = rules_for(&s.db.read(move |c| room_version(c, &room)).await?)?;
@@ -366,6 +370,14 @@ pub async fn fetch_heads(s: &AppState, origin: &ServerName, room_id: &str, heads
             .filter(|(id, _)| heads.contains(id))
             .collect();
         if !wanted.is_empty() {
+            let top = wanted.iter().map(|(_, p)| depth(p)).max().unwrap_or(0);
+            let room = room_id.to_owned();
+            let mine = s.db.read(move |c| max_depth(c, &room)).await?;
+            if top.saturating_sub(mine) > i64::from(PAGE)
+                && let Err(e) = crate::p2p::reconcile::reconcile_room(s, server, room_id).await
+            {
+                tracing::info!(%server, room_id, error = %e.message, "reconciling a long gap failed; walking it");
+            }
             ingest_with_repair(s, room_id, &rules, wanted, &servers).await?;
             return Ok(());
         }

@@ -1,7 +1,8 @@
 //! Gossip out: every event this node creates is published on its room's topic once it is
 //! committed (stored first, published second), and typing and public read receipts of
 //! local users as EDUs. Gossip is best effort: the outbox and the repair path deliver what
-//! it loses.
+//! it loses. Reading every stored event anyway, the publisher also tells the neighbours
+//! task ([`super::neighbours`]) which rooms changed.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -47,8 +48,12 @@ async fn publish_after(s: &AppState, pos: i64, upto: i64) -> crate::Result<i64> 
     let full = rows.len() == BATCH;
     let mut reached = pos;
     let mut membership_changed = BTreeSet::new();
+    let mut changed_rooms = BTreeSet::new();
     for ev in rows {
         reached = ev.stream;
+        if !changed_rooms.contains(&ev.room_id) {
+            changed_rooms.insert(ev.room_id.clone());
+        }
         let is_local = |user: &str| UserId::parse(user).is_ok_and(|u| u.server_name() == s.server_name());
         if ev.kind == "m.room.member" && ev.state_key.as_deref().is_some_and(is_local) {
             membership_changed.insert(ev.room_id.clone());
@@ -65,6 +70,10 @@ async fn publish_after(s: &AppState, pos: i64, upto: i64) -> crate::Result<i64> 
             }
             Err(e) => tracing::warn!(event_id = ev.event_id, error = %e, "stored event is not JSON"),
         }
+    }
+    // Every stored event, whoever sent it, may move the room's heads for the neighbours.
+    for room in &changed_rooms {
+        s.p2p.neighbours.changed(room);
     }
     // After publishing, so a leave still goes out before the topic is dropped.
     for room in membership_changed {

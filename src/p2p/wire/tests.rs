@@ -279,6 +279,33 @@ fn request_and_response_frames() {
     }
 }
 
+/// A `deposit` frame holding one mail item alice's node signed for bob's: the signature
+/// is over the item's canonical JSON without `signatures`, and verifies from the name.
+fn mail_item() -> MailItem {
+    let body = json!({"sender": user(&alice(), "alice"), "type": "m.room_key", "message_id": "m1",
+        "messages": {user(&bob(), "bob"): {"PHONE": {"algorithm": "m.megolm.v1.aes-sha2"}}}});
+    let dest = bob().server_name().to_string();
+    crate::p2p::mailbox::sign_item(&alice(), &dest, "to_device", body, "0f".repeat(16), TS).unwrap()
+}
+
+#[test]
+fn mail_item_frame() {
+    let req = Request::Deposit {
+        items: vec![mail_item()],
+    };
+    let frame = encode(&req).unwrap();
+    check_vector("request_deposit.json", &frame);
+    assert_eq!(decode_request(Protocol::Mailbox, &frame).unwrap(), req);
+    let Request::Deposit { items } = req else {
+        unreachable!()
+    };
+    let origin = crate::p2p::mailbox::verify_item(&items[0]).unwrap();
+    assert_eq!(origin, alice().server_name());
+    let mut altered = items[0].clone();
+    altered.ts += 1;
+    assert!(crate::p2p::mailbox::verify_item(&altered).is_err());
+}
+
 #[test]
 fn edu_frame() {
     let edu = Edu::Typing {
@@ -315,6 +342,7 @@ fn protocol_ids_and_topic() {
             "/meshserver/devices/1",
             "/meshserver/to-device/1",
             "/meshserver/reconcile/1",
+            "/meshserver/mailbox/1",
         ]
     );
     for p in Protocol::ALL {

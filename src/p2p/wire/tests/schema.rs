@@ -247,6 +247,15 @@ fn every_request(room: &ExampleRoom) -> Vec<Request> {
             hi: Some((4, ids[3].clone())),
             limit: 1000,
         },
+        Request::Deposit {
+            items: vec![super::mail_item()],
+        },
+        Request::Collect {
+            ack: Some(3),
+            limit: 64,
+        },
+        Request::Ack { up_to: 3 },
+        Request::HaveMail { count: 2 },
     ]
 }
 
@@ -306,6 +315,17 @@ fn every_response(room: &ExampleRoom) -> Vec<Response> {
                 },
             ],
         },
+        Response::Deposited {
+            stored: 1,
+            duplicates: 0,
+        },
+        Response::Mail {
+            items: vec![HeldMail {
+                seq: 4,
+                item: super::mail_item(),
+            }],
+            more: false,
+        },
     ]
 }
 
@@ -356,6 +376,7 @@ fn every_request_matches_the_schema_and_names_its_protocol() {
         "request_get_events.json",
         "request_heads.json",
         "request_make_join.json",
+        "request_deposit.json",
     ] {
         let v: Value = serde_json::from_slice(&std::fs::read(vector_path(name)).unwrap()).unwrap();
         check(&root, &root, &v, name).unwrap();
