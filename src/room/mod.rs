@@ -275,8 +275,11 @@ pub fn persist(
     let room = pdu.room.as_str();
     let event_id = pdu.event_id.as_str();
     let kind = pdu.kind.to_string();
+    // A soft-failed state event still counts in the state after it: the spec has it take
+    // part in state resolution as normal once later events reference it. Only the
+    // current state and the forward extremities leave it out (below).
     let after = match &pdu.state_key {
-        Some(sk) if !soft_failed => add_to_group(tx, room, before, (&kind, sk), event_id)?,
+        Some(sk) => add_to_group(tx, room, before, (&kind, sk), event_id)?,
         _ => match before {
             Some(b) => b,
             None => return Err(Error::internal("non-state event without prior state")),

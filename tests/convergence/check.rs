@@ -105,17 +105,16 @@ pub fn missing_acked(
         .map(|r| member_nodes(cluster, &view, r))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut lost = 0;
-    let mut conns = HashMap::new();
+    let conns = (0..cluster.len())
+        .map(|i| open(&cluster.slots[i].db_path()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut missing = Vec::new();
     let mut soft = 0;
     for a in acked {
         let mut soft_here = false;
         let mut lost_here = false;
         for &i in &members[a.room] {
-            if !conns.contains_key(&i) {
-                conns.insert(i, open(&cluster.slots[i].db_path())?);
-            }
-            match held(&conns[&i], &a.event_id)? {
+            match held(&conns[i], &a.event_id)? {
                 None => missing.push({
                     lost_here = true;
                     format!(

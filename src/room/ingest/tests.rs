@@ -314,3 +314,53 @@ async fn an_event_the_current_state_forbids_is_soft_failed() {
         "a soft-failed event is no extremity"
     );
 }
+
+/// Found by the convergence fuzzer (tests/convergence, `--regressions`): a soft-failed
+/// state event still takes part in the state of the events that build on it (server-server
+/// spec, "Soft failure"), so an event it authorises is not rejected.
+#[tokio::test]
+async fn an_event_authorised_by_a_soft_failed_state_event_is_not_rejected() {
+    let (a, b, c) = (bare(1), bare(2), bare(3));
+    let (alice, bob, carol) = (a.user("alice"), b.user("bob"), c.user("carol"));
+    let room = a.create(&alice, json!({"preset": "public_chat"})).await;
+    all_stored(&gossip(&a, &b).await);
+    all_stored(&gossip(&a, &c).await);
+    join_and_tell(&b, &a, &room, &bob).await;
+    join_and_tell(&c, &a, &room, &carol).await;
+    let power = |users: Value| NewEvent::state("m.room.power_levels", "", json!({ "users": users }));
+    a.send(&room, &alice, power(json!({bob.as_str(): 100}))).await;
+    all_stored(&gossip(&a, &b).await);
+    all_stored(&gossip(&a, &c).await);
+    // Partition: on A alice (a creator: unlimited power in room v12) demotes bob; on B bob, still at 100 there, raises carol to 50.
+    a.send(&room, &alice, power(json!({}))).await;
+    let raise = b
+        .send(&room, &bob, power(json!({bob.as_str(): 100, carol.as_str(): 50})))
+        .await
+        .event_id
+        .to_string();
+    all_stored(&gossip(&b, &c).await);
+    // Carol, at 50 on C's branch, sets the topic (state_default 50).
+    let topic = c
+        .send(
+            &room,
+            &carol,
+            NewEvent::state("m.room.topic", "", json!({"topic": "from carol"})),
+        )
+        .await
+        .event_id
+        .to_string();
+    // A, where bob lost his power, soft-fails his change; carol's topic, built on it, is
+    // authorised by the state before it (bob's change included) and must be stored.
+    for o in gossip(&c, &a).await {
+        assert!(
+            matches!(o, Outcome::Stored { .. }),
+            "every event of C's branch is stored on A, got {o:?}"
+        );
+    }
+    assert!(a.soft_failed(&raise).await, "bob's change is soft-failed on A");
+    let topic_known =
+        a.db.read(move |c| crate::storage::replication::held(c, &[topic]))
+            .await
+            .unwrap();
+    assert_eq!(topic_known.len(), 1, "carol's topic is stored on A");
+}
