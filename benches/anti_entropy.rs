@@ -67,22 +67,14 @@ async fn event_set(node: &TestNode, room: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// How many events of `room` the node holds (as counted by [`event_set`]).
-async fn event_count(node: &TestNode, room: &str) -> usize {
-    let room = room.to_owned();
+/// Whether the node holds every one of `ids`.
+async fn holds(node: &TestNode, ids: Vec<String>) -> bool {
+    let n = ids.len();
     services(node)
         .db
-        .read(move |c| {
-            Ok(c.prepare_cached(
-                "SELECT count(*) FROM events WHERE room_id = ?1 AND depth >= 0 AND outlier != ?2",
-            )?
-            .query_row(
-                rusqlite::params![room, meshserver::room::import::OUTLIER_INVITE],
-                |r| r.get::<_, i64>(0),
-            )?)
-        })
+        .read(move |c| meshserver::storage::replication::held(c, &ids))
         .await
-        .map_or(0, |n| n as usize)
+        .is_ok_and(|h| h.len() == n)
 }
 
 /// Bytes of the signed JSON of `ids` as `node` stores them.
@@ -149,6 +141,11 @@ async fn catch_up(plan: &Plan) -> anyhow::Result<(Duration, u64, u64, f64)> {
     .await;
     drop(stop(a).await);
     let want = event_set(&b, &room).await;
+    let r = room.clone();
+    let heads = services(&b)
+        .db
+        .read(move |c| meshserver::storage::events::forward_extremities(c, &r))
+        .await?;
     let missed: Vec<String> = want.difference(&before).cloned().collect();
     let raw = raw_bytes(&b, missed).await;
 
@@ -165,13 +162,14 @@ async fn catch_up(plan: &Plan) -> anyhow::Result<(Duration, u64, u64, f64)> {
     }
     let start = Instant::now();
     let c = TestNode::start_with(c_dir, config).await;
-    // Counting first: reading 10,000 IDs every 20 ms would take CPU from the node measured.
+    // B's heads first: reading 10,000 IDs every 20 ms would take CPU from the nodes measured.
     wait_until(limit, || async {
-        event_count(&c, &room).await == want.len() && event_set(&c, &room).await == want
+        holds(&c, heads.clone()).await && event_set(&c, &room).await == want
     })
     .await;
     let took = start.elapsed();
     let wire = rr_bytes(&b) - b_before + rr_bytes(&c);
+    eprintln!("SPEEDDBG b {} c {} creq {}", rr_bytes(&b) - b_before, rr_bytes(&c), services(&c).p2p.counters.requests_out.load(Ordering::Relaxed));
 
     // Converged and quiet: whatever request traffic remains is periodic.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -140,6 +140,8 @@ pub struct P2p {
     pub counters: Arc<Counters>,
     /// Rooms whose heads changed, and co-members' last known heads (`replicate::neighbours`).
     pub(crate) neighbours: Arc<replicate::Neighbours>,
+    /// Events being stored right now, and whose turn it is to fetch a room's heads.
+    pub(crate) inflight: Arc<replicate::InFlight>,
 }
 
 impl P2p {
@@ -154,6 +156,7 @@ impl P2p {
                 events,
                 counters: Arc::default(),
                 neighbours: Arc::default(),
+                inflight: Arc::default(),
             },
             rx,
         )

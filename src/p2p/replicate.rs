@@ -10,6 +10,7 @@
 
 mod fetch;
 mod gossip;
+mod inflight;
 mod jump;
 pub mod neighbours;
 mod publish;
@@ -19,6 +20,8 @@ pub mod view;
 #[cfg(test)]
 mod tests;
 
+use std::time::{Duration, Instant};
+
 use ruma::ServerName;
 
 use super::wire::{MAX_EVENT_IDS, Response};
@@ -27,6 +30,7 @@ use crate::storage::replication::{held, server_members};
 
 pub(crate) use fetch::{candidates, fetch_events, fetch_heads, holds_all, ingest_with_repair, keyed};
 pub use gossip::{REMOTE_TYPING, on_gossip};
+pub use inflight::InFlight;
 pub use neighbours::Neighbours;
 pub use publish::{publish_receipt, publish_typing, run_publisher};
 pub use serving::serve;
@@ -69,6 +73,10 @@ pub async fn serve_heads(
     s.p2p
         .neighbours
         .learn(origin, &room_id, neighbours::digest(&mut theirs));
+    let unknown = match gossip_grace(s, &room_id, unknown).await {
+        Ok(u) => u,
+        Err(e) => return e.into(),
+    };
     if !unknown.is_empty() {
         if let Err(e) = fetch::fetch_heads(s, origin, &room_id, unknown.clone()).await {
             return e.into();
@@ -80,4 +88,29 @@ pub async fn serve_heads(
         }
     }
     neighbours::answer(s, &room_id).await.unwrap_or(Response::Ok {})
+}
+
+/// How long heads wait for events that gossip is still bringing.
+const GOSSIP_GRACE: Duration = Duration::from_millis(300);
+
+/// Of `unknown`, those still missing once gossip, while it flows in the room, has had
+/// [`GOSSIP_GRACE`] to bring them: in a burst, the sender's heads overtake the gossip
+/// frames of its last events, and fetching those would move them twice.
+async fn gossip_grace(s: &AppState, room_id: &str, mut unknown: Vec<String>) -> crate::Result<Vec<String>> {
+    if unknown.is_empty() || !s.p2p.inflight.gossip_active(room_id) {
+        return Ok(unknown);
+    }
+    let deadline = Instant::now() + GOSSIP_GRACE;
+    let notifier = s.db.notifier().clone();
+    loop {
+        let seen = notifier.current();
+        let ids = unknown.clone();
+        let have = s.db.read(move |c| held(c, &ids)).await?;
+        unknown.retain(|id| !have.contains(id));
+        let left = deadline.saturating_duration_since(Instant::now());
+        if unknown.is_empty() || left.is_zero() {
+            return Ok(unknown);
+        }
+        notifier.wait_past(seen, left).await;
+    }
 }

@@ -27,7 +27,7 @@ use super::{Origin, persist, record_local_membership, rules_for};
 use crate::identity::{Identity, key_map_for};
 use crate::pdu::{Pdu, event_id_of};
 use crate::storage::WriteTx;
-use crate::storage::events::{forward_extremities, get_pdu};
+use crate::storage::events::{forward_extremities, get_pdu, is_stored};
 use crate::storage::state::{StateIds, current_state_id, current_state_ids, set_current_state, store_group};
 use crate::{Error, Result};
 
@@ -71,14 +71,19 @@ pub fn ingest(tx: &mut WriteTx<'_>, identity: &Identity, mut json: CanonicalJson
         Ok(r) => r,
         Err(e) => return Ok(rejected(None, e.message)),
     };
-    let event_id = match checked_event_id(&json, &rules) {
-        Ok(id) => id,
-        Err(reason) => return Ok(rejected(None, reason)),
+    // Checks 1 and 2, unless they already passed on this very PDU ([`prechecked`]).
+    let verified = prechecked::take(&version, &json);
+    let event_id = match &verified {
+        Some(pdu) => pdu.event_id.clone(),
+        None => match checked_event_id(&json, &rules) {
+            Ok(id) => id,
+            Err(reason) => return Ok(rejected(None, reason)),
+        },
     };
-    if get_pdu(tx, event_id.as_str()).is_some() {
+    if is_stored(tx, event_id.as_str())? {
         return Ok(Outcome::AlreadyKnown(event_id));
     }
-    let pdu = match verified_pdu(event_id.clone(), json, &rules) {
+    let pdu = match verified.map_or_else(|| verified_pdu(event_id.clone(), json, &rules), Ok) {
         Ok(p) => p,
         Err(reason) => return Ok(rejected(Some(&event_id), reason)),
     };
@@ -87,17 +92,23 @@ pub fn ingest(tx: &mut WriteTx<'_>, identity: &Identity, mut json: CanonicalJson
         .auth_events
         .iter()
         .chain(&pdu.prev_events)
-        .filter(|id| get_pdu(tx, id.as_str()).is_none())
         .cloned()
         .collect::<BTreeSet<_>>()
         .into_iter()
-        .collect();
+        .filter_map(|id| match is_stored(tx, id.as_str()) {
+            Ok(true) => None,
+            Ok(false) => Some(Ok(id)),
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_>>()?;
     if !missing.is_empty() {
         return Ok(Outcome::Missing(missing));
     }
-    if let Err(e) = state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| {
-        get_pdu(tx, id.as_str())
-    }) {
+    // Auth events through the writer's cache of parsed PDUs: a page of a catch-up shares
+    // the same few (create, power levels, the senders' memberships).
+    if let Err(e) =
+        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| tx.pdu(id.as_str()))
+    {
         return Ok(rejected(
             Some(&event_id),
             format!("not authorised by its auth events: {e}"),
@@ -108,7 +119,7 @@ pub fn ingest(tx: &mut WriteTx<'_>, identity: &Identity, mut json: CanonicalJson
     }
 
     let before = resolve_after(tx, &rules, &pdu.prev_events)?;
-    if let Err(e) = check_against(tx, &rules, &pdu, |t, k| {
+    if let Err(e) = check_against_cached(tx, &rules, &pdu, |t, k| {
         before.state.get(&(t.to_owned(), k.to_owned())).cloned()
     }) {
         return Ok(rejected(
@@ -117,7 +128,7 @@ pub fn ingest(tx: &mut WriteTx<'_>, identity: &Identity, mut json: CanonicalJson
         ));
     }
     let room = pdu.room.as_str();
-    let soft_failed = check_against(tx, &rules, &pdu, |t, k| {
+    let soft_failed = check_against_cached(tx, &rules, &pdu, |t, k| {
         current_state_id(tx, room, t, k).ok().flatten()
     })
     .is_err();
@@ -223,6 +234,18 @@ pub(crate) fn check_against(
     })
 }
 
+/// [`check_against`] with the state's events read through the writer's PDU cache.
+fn check_against_cached(
+    tx: &WriteTx<'_>,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    lookup: impl Fn(&str, &str) -> Option<String>,
+) -> std::result::Result<(), String> {
+    state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |t: &StateEventType, k: &str| {
+        lookup(&t.to_string(), k).and_then(|id| tx.pdu(&id))
+    })
+}
+
 pub(crate) fn create_room_row(conn: &Connection, pdu: &Pdu, version: &RoomVersionId) -> Result<()> {
     conn.prepare_cached("INSERT OR IGNORE INTO rooms (room_id, room_version) VALUES (?1, ?2)")?
         .execute(rusqlite::params![pdu.room.as_str(), version.as_str()])?;
@@ -260,5 +283,6 @@ pub(crate) fn refresh_current_state(
     Ok(())
 }
 
+pub mod prechecked;
 #[cfg(test)]
 mod tests;

@@ -71,6 +71,15 @@ pub fn get_pdu_cached(conn: &Connection, cache: &RefCell<PduCache>, event_id: &s
     Some(pdu)
 }
 
+/// Whether the node holds the event (an index lookup; nothing is parsed).
+pub fn is_stored(conn: &Connection, event_id: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")?
+        .query_row([event_id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
 pub fn state_group_of(conn: &Connection, event_id: &str) -> Result<Option<i64>> {
     Ok(conn
         .prepare_cached("SELECT state_group FROM events WHERE event_id = ?1")?

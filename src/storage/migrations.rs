@@ -390,6 +390,13 @@ CREATE INDEX mailbox_destination ON mailbox(destination, seq);
 CREATE INDEX mailbox_origin ON mailbox(origin);
 CREATE INDEX mailbox_expiry ON mailbox(expires_ts);
 "#,
+    // 7: anti-entropy reads. A room's events in key order (depth, event ID) without reading
+    // their rows (`reconcile` sets, `get_range` pages), and a user's member events in a
+    // room (history visibility for each page served) without scanning the room.
+    r#"
+CREATE INDEX events_room_depth ON events(room_id, depth, event_id, outlier);
+CREATE INDEX events_room_state ON events(room_id, type, state_key) WHERE state_key IS NOT NULL;
+"#,
 ];
 
 /// Brings the schema up to date.

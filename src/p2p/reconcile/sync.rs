@@ -3,11 +3,12 @@
 //! order — each event after those of lower depth, so its ancestors come first — through
 //! the repair path (`replicate::ingest_with_repair`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
-use ruma::ServerName;
 use ruma::room_version_rules::RoomVersionRules;
+use ruma::{RoomVersionId, ServerName};
 
 use super::set::{Initiator, Set, respond};
 use crate::p2p::replicate::{candidates, fetch_events, fetch_heads, holds_all, ingest_with_repair, keyed};
@@ -15,6 +16,7 @@ use crate::p2p::wire::{
     Key, MAX_EVENT_IDS, MAX_EVENTS_PER_RESPONSE, MAX_RANGES, MAX_RESPONSE_BYTES, Range, Request, Response,
     RoomHeads, WirePdu,
 };
+use crate::room::ingest::prechecked;
 use crate::room::{room_version, rules_for};
 use crate::services::AppState;
 use crate::storage::anti_entropy::{ids_in_range, max_depth, room_keys};
@@ -41,29 +43,94 @@ pub struct CatchUp {
     pub ingest_ms: u64,
 }
 
-/// A `get_range` page from `lo`, requested in the background.
+/// A `get_range` page: its events with their keys, in key order.
+type Page = Vec<(Key, (String, WirePdu))>;
+
+/// Workers that verify a page before it is stored: the writer is one thread, these are the
+/// others (signature checks dominate per-event cost, see BENCHMARKS.md).
+const VERIFIERS: usize = 2;
+
+/// A `get_range` page from `lo`, requested in the background and, once it arrives, keyed
+/// and prechecked (receipt checks 1–2, [`prechecked`]) off the writer. `None` when the
+/// peer answered with something other than events.
 fn request_range(
     s: &AppState,
     peer: &ServerName,
-    room_id: &str,
+    room: (&str, &RoomVersionId, &RoomVersionRules),
     lo: Key,
     hi: Option<Key>,
-) -> tokio::task::JoinHandle<Result<Response>> {
+) -> tokio::task::JoinHandle<Result<Option<Page>>> {
     let (s, peer) = (s.clone(), peer.to_owned());
+    let (room_id, version, rules) = (room.0.to_owned(), room.1.clone(), room.2.clone());
     let req = Request::GetRange {
-        room_id: room_id.to_owned(),
+        room_id: room_id.clone(),
         lo,
         hi,
         limit: MAX_EVENTS_PER_RESPONSE as u32,
     };
-    tokio::spawn(async move { s.p2p.request(&peer, req).await })
+    tokio::spawn(async move {
+        let Response::Events { pdus } = s.p2p.request(&peer, req).await? else {
+            return Ok(None);
+        };
+        let per = pdus.len().div_ceil(VERIFIERS).max(1);
+        let mut pdus = pdus.into_iter();
+        let mut workers = Vec::with_capacity(VERIFIERS);
+        loop {
+            let chunk: Vec<WirePdu> = pdus.by_ref().take(per).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let (room_id, version, rules) = (room_id.clone(), version.clone(), rules.clone());
+            workers.push(tokio::task::spawn_blocking(move || {
+                let page: Page = chunk
+                    .into_iter()
+                    .filter_map(|p| keyed_by_key(&rules, &room_id, p))
+                    .collect();
+                for (_, (_, pdu)) in &page {
+                    prechecked::precheck(&version, &rules, pdu);
+                }
+                page
+            }));
+        }
+        let mut page = Page::new();
+        for w in workers {
+            page.extend(w.await.map_err(|_| Error::internal("verifying a page failed"))?);
+        }
+        page.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Some(page))
+    })
+}
+
+/// One lock per (node, room) being caught up. Several paths start a catch-up (the
+/// connection's extremities exchange, a neighbour's heads answer); run together they would
+/// fetch the same ranges twice, so the later one waits and then fetches only what is still
+/// lacking. Keyed by the node too: tests and benchmarks run several nodes in one process.
+type RoomLocks = HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
+static CATCHING_UP: LazyLock<Mutex<RoomLocks>> = LazyLock::new(Mutex::default);
+
+fn room_lock(s: &AppState, room_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    let mut locks = CATCHING_UP.lock().unwrap_or_else(|e| e.into_inner());
+    // Locks nobody holds or waits for are dropped, so the map stays as small as the rooms
+    // being caught up at once.
+    locks.retain(|_, l| Arc::strong_count(l) > 1);
+    locks
+        .entry((s.server_name().to_string(), room_id.to_owned()))
+        .or_default()
+        .clone()
 }
 
 /// Catches up on `theirs.room_id` from `peer`, whose heads are `theirs`.
 pub async fn catch_up(s: &AppState, peer: &ServerName, theirs: RoomHeads) {
+    let lock = room_lock(s, &theirs.room_id);
+    let _one_at_a_time = lock.lock().await;
+    // A catch-up that ran meanwhile may have brought everything.
+    if holds_all(s, &theirs.extremities).await.unwrap_or(false) {
+        return;
+    }
     let room = theirs.room_id.clone();
     let r = room.clone();
     let mine = s.db.read(move |c| max_depth(c, &r)).await.unwrap_or(0);
+    tracing::info!(%peer, me = %s.server_name(), mine, theirs = theirs.depth, "SPEEDDBG catch_up");
     let unknown = theirs.extremities;
     if theirs.depth.saturating_sub(mine) <= WALK_DEPTH {
         let walked = fetch_heads(s, peer, &room, unknown.clone()).await;
@@ -125,27 +192,23 @@ pub async fn reconcile_room(s: &AppState, peer: &ServerName, room_id: &str) -> R
     let mut by_id: VecDeque<_> = by_id.into();
     let mut absent = init.absent;
     absent.sort();
+    let room = (room_id, &version, &rules);
     for (lo, hi) in absent {
-        let mut pending = Some(request_range(s, peer, room_id, lo, hi.clone()));
+        let mut pending = Some(request_range(s, peer, room, lo, hi.clone()));
         while let Some(fetching) = pending.take() {
-            let pdus = match fetching.await {
-                Ok(Ok(Response::Events { pdus })) => pdus,
+            let page = match fetching.await {
+                Ok(Ok(Some(page))) => page,
                 Ok(Err(e)) => return Err(e),
                 _ => break,
             };
-            let mut page: Vec<(Key, (String, WirePdu))> = pdus
-                .into_iter()
-                .filter_map(|p| keyed_by_key(&rules, room_id, p))
-                .collect();
-            page.sort_by(|a, b| a.0.cmp(&b.0));
             let Some(last) = page.last().map(|(k, _)| k.clone()) else {
                 break;
             };
             stats.by_range += page.len();
-            // The next page travels while this one is stored. It starts at the key right
-            // after `last`: no event ID contains NUL.
+            // The next page travels (and is verified) while this one is stored. It starts
+            // at the key right after `last`: no event ID contains NUL.
             let next = (last.0, format!("{}\u{0}", last.1));
-            pending = Some(request_range(s, peer, room_id, next, hi.clone()));
+            pending = Some(request_range(s, peer, room, next, hi.clone()));
             // Events by ID that sort before this page go first.
             let mut batch = Vec::with_capacity(page.len());
             while by_id.front().is_some_and(|(k, _)| *k < page[0].0) {
@@ -276,5 +339,6 @@ pub async fn serve_range(
             break;
         }
     }
+    tracing::info!(%origin, n = pdus.len(), size, "SPEEDDBG served range");
     Response::Events { pdus }
 }

@@ -9,6 +9,7 @@
 //! the state at its edge ([`super::jump`]) instead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
 
 use ruma::canonical_json::CanonicalJsonValue;
 use ruma::room_version_rules::RoomVersionRules;
@@ -34,6 +35,8 @@ pub const MAX_WALK: usize = 10 * PAGE as usize;
 const MAX_ROUNDS: usize = 64;
 /// Jumps per repair: one per side of a fork is plenty.
 const MAX_JUMP_ROUNDS: usize = 2;
+/// Longest wait for another task storing an event this one needs, before fetching it.
+pub const SETTLE: Duration = Duration::from_secs(2);
 
 /// What became of an event a repair was asked to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,6 +242,11 @@ pub async fn ingest_with_repair(
         if pending.is_empty() || needed.is_empty() {
             break;
         }
+        // Parents another task is storing (the burst's gossip) are waited for, not fetched.
+        let needed_list: Vec<String> = needed.iter().cloned().collect();
+        if s.p2p.inflight.settle(&needed_list, SETTLE).await && !holds_none(s, needed_list).await? {
+            continue;
+        }
         // The events at the edge of what we have: those lacking something not pending.
         let frontier: Vec<String> = lacking
             .iter()
@@ -357,6 +365,16 @@ async fn ask(s: &AppState, server: &ServerName, req: Request) -> Option<Vec<Wire
 /// server that has them ([`crate::p2p::reconcile::reconcile_room`]): walking prev_events a
 /// page per round trip would be slow, and past [`MAX_WALK`] would jump over history.
 pub async fn fetch_heads(s: &AppState, origin: &ServerName, room_id: &str, heads: Vec<String>) -> Result<()> {
+    // Several peers' heads name the same gap at once (a node back from sleep hears from
+    // each neighbour): one fetch at a time per room, each after what the last one brought.
+    let _turn = s.p2p.inflight.room_turn(room_id).await;
+    s.p2p.inflight.settle(&heads, SETTLE).await;
+    let ids = heads.clone();
+    let have = s.db.read(move |c| held(c, &ids)).await?;
+    let heads: Vec<String> = heads.into_iter().filter(|id| !have.contains(id)).collect();
+    if heads.is_empty() {
+        return Ok(());
+    }
     let room = room_id.to_owned();
     let rules = rules_for(&s.db.read(move |c| room_version(c, &room)).await?)?;
     let servers = candidates(s, room_id, Some(origin.to_owned())).await?;
@@ -383,6 +401,11 @@ pub async fn fetch_heads(s: &AppState, origin: &ServerName, room_id: &str, heads
         }
     }
     Ok(())
+}
+
+/// Whether the node holds none of `ids`.
+async fn holds_none(s: &AppState, ids: Vec<String>) -> Result<bool> {
+    Ok(s.db.read(move |c| held(c, &ids)).await?.is_empty())
 }
 
 /// Whether the node holds every one of `ids`.

@@ -13,7 +13,7 @@ use ruma::canonical_json::CanonicalJsonValue;
 use ruma::signatures::Verified;
 use ruma::{EventId, OwnedServerName, UserId};
 
-use super::fetch::{Fate, candidates, ingest_with_repair, keyed};
+use super::fetch::{Fate, SETTLE, candidates, ingest_with_repair, keyed};
 use crate::p2p::Verdict;
 use crate::p2p::wire::{EDU_PREFIX, Edu, WirePdu, decode_edu, decode_gossip};
 use crate::p2p::{Counters, peer_id};
@@ -140,6 +140,20 @@ async fn on_pdu(
             "gossiped event does not match its content hash"
         );
     }
+    s.p2p.inflight.gossip_arrived(&room_id);
+    // Another copy of this event (gossip brings several) is being stored: its verdict
+    // is this one's.
+    let Some(_claim) = s.p2p.inflight.claim(&claimed_id) else {
+        s.p2p
+            .inflight
+            .settle(std::slice::from_ref(&claimed_id), SETTLE)
+            .await;
+        let id = claimed_id.clone();
+        return match s.db.read(move |c| held(c, &[id])).await {
+            Ok(h) if !h.is_empty() && intact => Verdict::Accept,
+            _ => Verdict::Ignore,
+        };
+    };
     let servers = candidates(s, &room_id, source).await.unwrap_or_default();
     match ingest_with_repair(s, &room_id, &rules, vec![event], &servers).await {
         Ok(fates) => match fates.get(&claimed_id) {
