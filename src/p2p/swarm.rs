@@ -12,6 +12,7 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::multiaddr::Protocol as AddrProtocol;
 use libp2p::request_response::{self as rr, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, ping};
@@ -38,7 +39,9 @@ pub struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-    kad: kad::Behaviour<MemoryStore>,
+    /// Off without address learning: the DHT is a way to learn addresses, and would hand
+    /// the dialer ones (another pair's relay, in a test mesh) that the node must not use.
+    kad: Toggle<kad::Behaviour<MemoryStore>>,
     join: rr::Behaviour<Codec>,
     invite: rr::Behaviour<Codec>,
     events: rr::Behaviour<Codec>,
@@ -120,7 +123,7 @@ fn build_behaviour(
                 .with_cache_size(if learn_addrs { 100 } else { 0 }),
         ),
         ping: ping::Behaviour::default(),
-        kad,
+        kad: Toggle::from(learn_addrs.then_some(kad)),
         join: rpc_behaviour(Protocol::Join, counters),
         invite: rpc_behaviour(Protocol::Invite, counters),
         events: rpc_behaviour(Protocol::Events, counters),
@@ -420,7 +423,9 @@ impl Task {
         }
         for a in &fresh {
             self.swarm.add_peer_address(peer, a.clone());
-            self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+            if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                kad.add_address(&peer, a.clone());
+            }
         }
         if !fresh.is_empty() {
             let db = self.services.db.clone();
@@ -753,9 +758,12 @@ impl Task {
                 let Some(p) = self.pending.remove(&(protocol, request_id)) else {
                     return;
                 };
-                if matches!(error, rr::OutboundFailure::DialFailure) && !p.retried {
+                if matches!(error, rr::OutboundFailure::DialFailure)
+                    && !p.retried
+                    && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
+                {
                     // Unknown or stale addresses: ask the DHT where the peer is, then retry once.
-                    let q = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                    let q = kad.get_closest_peers(peer);
                     self.lookups
                         .entry(q)
                         .or_default()
