@@ -169,7 +169,6 @@ async fn catch_up(plan: &Plan) -> anyhow::Result<(Duration, u64, u64, f64)> {
     .await;
     let took = start.elapsed();
     let wire = rr_bytes(&b) - b_before + rr_bytes(&c);
-    eprintln!("SPEEDDBG b {} c {} creq {}", rr_bytes(&b) - b_before, rr_bytes(&c), services(&c).p2p.counters.requests_out.load(Ordering::Relaxed));
 
     // Converged and quiet: whatever request traffic remains is periodic.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -50,6 +50,9 @@ type Page = Vec<(Key, (String, WirePdu))>;
 /// others (signature checks dominate per-event cost, see BENCHMARKS.md).
 const VERIFIERS: usize = 2;
 
+/// Absent ranges whose first page is requested before the ranges before them are done.
+const RANGES_AHEAD: usize = 2;
+
 /// A `get_range` page from `lo`, requested in the background and, once it arrives, keyed
 /// and prechecked (receipt checks 1–2, [`prechecked`]) off the writer. `None` when the
 /// peer answered with something other than events.
@@ -101,10 +104,12 @@ fn request_range(
     })
 }
 
-/// One lock per (node, room) being caught up. Several paths start a catch-up (the
-/// connection's extremities exchange, a neighbour's heads answer); run together they would
+/// One lock per (node, room) being reconciled. Several paths start a session (the
+/// connection's extremities exchange, heads from a neighbour); run together they would
 /// fetch the same ranges twice, so the later one waits and then fetches only what is still
-/// lacking. Keyed by the node too: tests and benchmarks run several nodes in one process.
+/// lacking. Held by the session alone (never across a walk), so it cannot close a cycle
+/// with the repair path's per-room turn. Keyed by the node too: tests and benchmarks run
+/// several nodes in one process.
 type RoomLocks = HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
 static CATCHING_UP: LazyLock<Mutex<RoomLocks>> = LazyLock::new(Mutex::default);
 
@@ -121,16 +126,9 @@ fn room_lock(s: &AppState, room_id: &str) -> Arc<tokio::sync::Mutex<()>> {
 
 /// Catches up on `theirs.room_id` from `peer`, whose heads are `theirs`.
 pub async fn catch_up(s: &AppState, peer: &ServerName, theirs: RoomHeads) {
-    let lock = room_lock(s, &theirs.room_id);
-    let _one_at_a_time = lock.lock().await;
-    // A catch-up that ran meanwhile may have brought everything.
-    if holds_all(s, &theirs.extremities).await.unwrap_or(false) {
-        return;
-    }
     let room = theirs.room_id.clone();
     let r = room.clone();
     let mine = s.db.read(move |c| max_depth(c, &r)).await.unwrap_or(0);
-    tracing::info!(%peer, me = %s.server_name(), mine, theirs = theirs.depth, "SPEEDDBG catch_up");
     let unknown = theirs.extremities;
     if theirs.depth.saturating_sub(mine) <= WALK_DEPTH {
         let walked = fetch_heads(s, peer, &room, unknown.clone()).await;
@@ -146,6 +144,9 @@ pub async fn catch_up(s: &AppState, peer: &ServerName, theirs: RoomHeads) {
 
 /// Reconciles the room's event set with `peer` and stores what this node lacks.
 pub async fn reconcile_room(s: &AppState, peer: &ServerName, room_id: &str) -> Result<CatchUp> {
+    // After a session that ran meanwhile, this one finds (next to) nothing left to fetch.
+    let lock = room_lock(s, room_id);
+    let _one_at_a_time = lock.lock().await;
     let room = room_id.to_owned();
     let (lower, keys, version) =
         s.db.read(move |c| {
@@ -193,8 +194,20 @@ pub async fn reconcile_room(s: &AppState, peer: &ServerName, room_id: &str) -> R
     let mut absent = init.absent;
     absent.sort();
     let room = (room_id, &version, &rules);
-    for (lo, hi) in absent {
-        let mut pending = Some(request_range(s, peer, room, lo, hi.clone()));
+    // The first pages of the next ranges are asked for ahead, so a range's closing (empty)
+    // page and the next range's first travel together rather than one after the other.
+    let mut ranges = absent.into_iter();
+    let mut ahead = VecDeque::with_capacity(RANGES_AHEAD);
+    loop {
+        while ahead.len() < RANGES_AHEAD
+            && let Some((lo, hi)) = ranges.next()
+        {
+            ahead.push_back((hi.clone(), request_range(s, peer, room, lo, hi)));
+        }
+        let Some((hi, first)) = ahead.pop_front() else {
+            break;
+        };
+        let mut pending = Some(first);
         while let Some(fetching) = pending.take() {
             let page = match fetching.await {
                 Ok(Ok(Some(page))) => page,
@@ -339,6 +352,5 @@ pub async fn serve_range(
             break;
         }
     }
-    tracing::info!(%origin, n = pdus.len(), size, "SPEEDDBG served range");
     Response::Events { pdus }
 }

@@ -23,8 +23,9 @@ use ruma::signatures::Verified;
 use super::{checked_event_id, verify};
 use crate::pdu::Pdu;
 
-/// Verified PDUs kept at most: two pages of a catch-up (the one being stored, the next).
-pub const CAPACITY: usize = 2 * crate::p2p::wire::MAX_EVENTS_PER_RESPONSE;
+/// Verified PDUs kept at most: the pages a catch-up holds at once (the one being stored, the
+/// next, and the first pages of the ranges after it).
+pub const CAPACITY: usize = 4 * crate::p2p::wire::MAX_EVENTS_PER_RESPONSE;
 
 struct Entry {
     version: RoomVersionId,
@@ -106,4 +107,53 @@ pub fn take(version: &RoomVersionId, json: &CanonicalJsonObject) -> Option<Pdu> 
     // Its place in `order` stays until evicted; eviction of a key no longer present (or
     // present again, later) only drops the oldest entry under it, which is harmless.
     Some(entry.pdu)
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::canonical_json::CanonicalJsonValue;
+    use serde_json::json;
+
+    use super::*;
+    use crate::identity::Identity;
+
+    fn signed(body: &str) -> (RoomVersionId, RoomVersionRules, CanonicalJsonObject) {
+        let id = Identity::from_seed([7u8; 32], "p_t");
+        let version = RoomVersionId::V11;
+        let rules = crate::room::rules_for(&version).unwrap();
+        let pdu = crate::room::sign(
+            &id,
+            &rules,
+            json!({
+                "auth_events": [], "prev_events": [], "depth": 5, "origin_server_ts": 1,
+                "room_id": "!r:p_t", "sender": format!("@a:{}", id.server_name()),
+                "type": "m.room.message", "content": {"body": body},
+            }),
+        )
+        .unwrap();
+        (version, rules, pdu.json)
+    }
+
+    #[test]
+    fn only_the_very_pdu_verified_is_taken() {
+        let (version, rules, json) = signed("one");
+        precheck(&version, &rules, &json);
+        // Another room version, or the same event with other JSON, finds nothing.
+        assert!(take(&RoomVersionId::V10, &json).is_none());
+        let mut altered = json.clone();
+        altered.insert("depth".into(), CanonicalJsonValue::Integer(6u32.into()));
+        assert!(take(&version, &altered).is_none());
+        let pdu = take(&version, &json).expect("verified");
+        assert_eq!(pdu.json, json);
+        assert!(take(&version, &json).is_none(), "taken once");
+    }
+
+    #[test]
+    fn a_pdu_failing_a_check_is_not_kept() {
+        let (version, rules, mut json) = signed("two");
+        // The content no longer matches its hash: ingest must see it and redact it.
+        json.insert("content".into(), CanonicalJsonValue::Object(Default::default()));
+        precheck(&version, &rules, &json);
+        assert!(take(&version, &json).is_none());
+    }
 }
