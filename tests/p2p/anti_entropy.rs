@@ -12,7 +12,7 @@ use meshserver::config::Config;
 use serde_json::json;
 
 use crate::common::{TestNode, User, enc};
-use crate::net::{addrs, join_via, mesh, peer_count, sync_until, wait_until};
+use crate::net::{addrs, join_via, peer_count, sync_until, three_with_users, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Longer than a room's heads round waits after its last change (debounce and jitter), and
@@ -55,13 +55,7 @@ async fn stop(mut node: TestNode) -> tempfile::TempDir {
 
 /// Three nodes with alice (a), bob (b) and carol (c) in alice's room, all converged.
 async fn three_in_a_room() -> (TestNode, TestNode, TestNode, User, String) {
-    let mut nodes = mesh(3).await;
-    let c = nodes.pop().expect("c");
-    let b = nodes.pop().expect("b");
-    let a = nodes.pop().expect("a");
-    let alice = a.register("alice").await;
-    let bob = b.register("bob").await;
-    let carol = c.register("carol").await;
+    let (a, b, c, alice, bob, carol) = three_with_users().await;
     let room = a.create_room(&alice, json!({})).await;
     invited_join(&a, &alice, &b, &bob, &room).await;
     invited_join(&a, &alice, &c, &carol, &room).await;

@@ -11,7 +11,9 @@ use meshserver::storage::mailbox as store;
 use serde_json::{Value, json};
 
 use crate::common::{TestNode, User, enc};
-use crate::net::{addrs, join_via, mesh, p2p_request, peer_count, sees_joined, services, wait_until};
+use crate::net::{
+    addrs, join_via, p2p_request, peer_count, sees_joined, services, three_with_users, wait_until,
+};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -22,13 +24,7 @@ async fn stop(mut node: TestNode) -> tempfile::TempDir {
 
 /// Three connected nodes with alice (a), bob (b) and carol (c) joined to one public room.
 async fn three_in_a_room() -> (TestNode, TestNode, TestNode, User, User, User, String) {
-    let mut nodes = mesh(3).await;
-    let c = nodes.pop().expect("c");
-    let b = nodes.pop().expect("b");
-    let a = nodes.pop().expect("a");
-    let alice = a.register("alice").await;
-    let bob = b.register("bob").await;
-    let carol = c.register("carol").await;
+    let (a, b, c, alice, bob, carol) = three_with_users().await;
     let room = a.create_room(&alice, json!({"preset": "public_chat"})).await;
     join_via(&b, &bob, &room, &a).await;
     join_via(&c, &carol, &room, &a).await;

@@ -106,6 +106,18 @@ pub async fn join_via(node: &TestNode, user: &User, room: &str, via: &TestNode) 
     res
 }
 
+/// Three connected nodes with a user each: alice on the first, bob, carol.
+pub async fn three_with_users() -> (TestNode, TestNode, TestNode, User, User, User) {
+    let mut nodes = mesh(3).await;
+    let c = nodes.pop().expect("c");
+    let b = nodes.pop().expect("b");
+    let a = nodes.pop().expect("a");
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let carol = c.register("carol").await;
+    (a, b, c, alice, bob, carol)
+}
+
 /// Waits until `user` of `node` sees `member` joined to `room`.
 pub async fn sees_joined(node: &TestNode, user: &User, room: &str, member: &User) {
     let members = format!("{V3}/rooms/{}/joined_members", enc(room));
